@@ -1,0 +1,65 @@
+"""Emulator settings: key, models, limits, latency, faults and batch-job timing, all in one object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FaultKind = Literal["500", "503", "429", "hang", "drop", "malformed", "wrong_count"]
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "hang", "drop", "malformed", "wrong_count")
+
+
+class LimitConfig(BaseModel):
+    """Quota the emulator enforces; None disables that limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+    # "texts": each text of a batch call counts as one request (the free tier); "calls": one per call.
+    rpm_counts: Literal["texts", "calls"] = "texts"
+    max_concurrent_calls: int | None = 64
+
+
+# Numbers from ../shared/reference/gemini-api.md (gemini-embedding-001, per project and model).
+TIER_PRESETS: dict[str, LimitConfig] = {
+    "free": LimitConfig(rpm=100, tpm=30_000, rpd=1_000, rpm_counts="texts"),
+    "tier1": LimitConfig(rpm=3_000, tpm=1_000_000, rpm_counts="texts"),
+    "tier2": LimitConfig(rpm=5_000, tpm=5_000_000, rpm_counts="texts"),
+    "unlimited": LimitConfig(max_concurrent_calls=None),
+}
+
+
+class BatchConfig(BaseModel):
+    """How Batch API jobs behave."""
+
+    pending_seconds: float = Field(default=0.5, ge=0)
+    running_seconds: float = Field(default=1.0, ge=0)  # time to finish every item of a job
+    item_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    max_concurrent_jobs: int = 100
+    inline_limit_bytes: int = 20 * 1024 * 1024
+    # Injected whole-job outcomes: the next N jobs created end FAILED or EXPIRED instead of SUCCEEDED.
+    fail_next_jobs: int = 0
+    expire_next_jobs: int = 0
+
+
+class EmulatorConfig(BaseModel):
+    """Everything the emulator needs; built from CLI options or by the in-process server."""
+
+    api_keys: tuple[str, ...] = ("emulator-key",)
+    models: tuple[str, ...] = ("gemini-embedding-001",)
+    limits: LimitConfig = LimitConfig(max_concurrent_calls=None)
+    latency_base_ms: float = 0.0
+    latency_per_text_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    seed: int = 0
+    # probability per online call of each fault kind, e.g. {"503": 0.05}
+    fault_rates: dict[str, float] = {}
+    hang_seconds: float = 600.0
+    batch: BatchConfig = BatchConfig()
+    state_dir: Path | None = None
+
+    @classmethod
+    def for_tier(cls, tier: str, **overrides) -> "EmulatorConfig":
+        return cls(limits=TIER_PRESETS[tier], **overrides)

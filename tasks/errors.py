@@ -1,0 +1,96 @@
+"""The indexflow error tree, in one place.
+
+    IndexflowError                      base; `transient` says whether retrying can help
+    ├── ConfigError                     a bad setting or parameter (terminal)
+    ├── InputError                      one corpus item cannot be read (terminal for that item)
+    ├── RecipeMismatchError             the table was built with another embedding recipe (terminal)
+    ├── StoreError                      LanceDB refused or returned something unexpected (terminal)
+    ├── EmbedError                      an embedding call failed
+    │   ├── TransientAPIError           5xx, timeout, dropped connection (transient)
+    │   │   └── RateLimitedError        429 per-minute quota; carries retry_after (transient)
+    │   ├── DailyQuotaError             429 per-day quota: stop the run, resume tomorrow (terminal)
+    │   ├── BadRequestError             400 for this batch; bisect to find the bad items (terminal)
+    │   ├── BadResponseError            wrong count, non-finite or zero vector (transient)
+    │   └── AuthError                   401/403: the API key is missing or wrong (terminal)
+    └── BatchJobError                   a Batch API job failed, expired or was cancelled (terminal)
+
+Every error keeps its facts as attributes (so tests assert facts, not wording) and survives
+pickle, because Prefect moves failed states between processes.
+"""
+
+from __future__ import annotations
+
+
+class IndexflowError(Exception):
+    """Base of every error indexflow raises on purpose."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, **facts: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.facts = facts
+        for name, value in facts.items():
+            setattr(self, name, value)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.facts))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[IndexflowError], message: str, facts: dict) -> IndexflowError:
+    return cls(message, **facts)
+
+
+class ConfigError(IndexflowError):
+    """A setting or parameter is invalid; the message says which and what is allowed."""
+
+
+class InputError(IndexflowError):
+    """One corpus item cannot be used: facts `source` (path), `line` (or None) and `reason`."""
+
+
+class RecipeMismatchError(IndexflowError):
+    """The table holds vectors from another embedding recipe; facts `table`, `stored`, `wanted`."""
+
+
+class StoreError(IndexflowError):
+    """LanceDB refused a write or returned something unexpected."""
+
+
+class EmbedError(IndexflowError):
+    """An embedding call failed; `status` is the HTTP status when there was one."""
+
+
+class TransientAPIError(EmbedError):
+    """A failure that a later attempt may not see: 5xx, timeout, dropped connection."""
+
+    transient = True
+
+
+class RateLimitedError(TransientAPIError):
+    """429 on a per-minute quota; `retry_after` seconds (None when the server gave none)."""
+
+
+class DailyQuotaError(EmbedError):
+    """429 on a per-day quota: retrying before the quota resets only burns attempts."""
+
+
+class BadRequestError(EmbedError):
+    """400 INVALID_ARGUMENT: some item of the batch is unacceptable as sent."""
+
+
+class BadResponseError(EmbedError):
+    """The server answered 200 with something unusable (wrong count, NaN, zero vector)."""
+
+    transient = True
+
+
+class AuthError(EmbedError):
+    """The API key is missing or not accepted."""
+
+
+class BatchJobError(IndexflowError):
+    """A Batch API job ended FAILED, EXPIRED or CANCELLED; facts `job`, `state`."""

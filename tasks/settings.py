@@ -1,0 +1,139 @@
+"""One typed settings object, built once at the edge (CLI options or flow parameters) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from tasks.recipe import Recipe
+
+Tier = Literal["free", "1", "2", "3", "unlimited"]
+
+
+class Limits(BaseModel):
+    """Client-side quota: requests per minute, tokens per minute, requests per day (None = no limit)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    rpd: int | None = Field(default=None, gt=0)
+    # The free tier counts every text of a batch call as one request; "calls" counts the call.
+    count: Literal["texts", "calls"] = "texts"
+
+
+# gemini-embedding-001 per project and model, from ../shared/reference/gemini-api.md.
+# Tier 3 is not published for embeddings; it is set at twice tier 2 and is meant to be overridden.
+TIERS: dict[str, Limits] = {
+    "free": Limits(rpm=100, tpm=30_000, rpd=1_000, count="texts"),
+    "1": Limits(rpm=3_000, tpm=1_000_000, count="texts"),
+    "2": Limits(rpm=5_000, tpm=5_000_000, count="texts"),
+    "3": Limits(rpm=10_000, tpm=10_000_000, count="texts"),
+    "unlimited": Limits(),
+}
+
+
+class Endpoint(BaseModel):
+    """Where embeddings come from: Google (base_url None) or any compatible server such as the emulator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_key: SecretStr
+    base_url: str | None = None
+    api_version: str = "v1beta"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @property
+    def is_google(self) -> bool:
+        return self.base_url is None
+
+
+class Settings(BaseModel):
+    """Everything one indexing run needs; invalid values fail here with the field named."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # corpus
+    corpus: Path
+    corpus_format: Literal["auto", "dir", "jsonl", "parquet", "csv"] = "auto"
+    id_field: str | None = None  # None: "id", then "_id" (BEIR)
+    title_field: str = "title"
+    text_field: str = "text"
+
+    # table
+    db_uri: str = ".indexflow/lancedb"
+    table: str = Field(default="corpus", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+    # recipe
+    model: str = "gemini-embedding-001"
+    dimensions: int = Field(default=768, ge=128, le=3072)
+    send_title: bool = True
+
+    # chunking
+    max_chunk_tokens: int = Field(default=1024, ge=32, le=2048)
+    overlap_tokens: int = Field(default=64, ge=0)
+
+    # micro-batching
+    batch_size: int = Field(default=100, ge=1, le=100)
+    batch_timeout: float = Field(default=0.05, gt=0, le=60)
+    max_tokens_per_call: int | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=8, ge=1, le=256)
+
+    # quota
+    tier: Tier = "unlimited"
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    rpd: int | None = Field(default=None, gt=0)
+    rpm_counts: Literal["texts", "calls"] | None = None
+
+    # retries
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    max_retry_seconds: float = Field(default=900.0, gt=0)
+
+    # what a run does
+    mode: Literal["online", "batch", "auto"] = "online"
+    delete_missing: bool = True
+    rebuild: bool = False
+    retry_failed: bool = False
+    write_group_rows: int = Field(default=5_000, ge=1)
+    write_group_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(f"corpus path {str(value)!r} does not exist; pass a directory or a .jsonl/.parquet/.csv file")
+        return value
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "Settings":
+        if self.overlap_tokens >= self.max_chunk_tokens // 2:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be under half of max_chunk_tokens ({self.max_chunk_tokens})"
+            )
+        return self
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(model=self.model, dimensions=self.dimensions, send_title=self.send_title)
+
+    @property
+    def limits(self) -> Limits:
+        """The tier preset with any explicit rpm/tpm/rpd/rpm_counts laid over it."""
+        base = TIERS[self.tier]
+        overrides = {
+            k: v
+            for k, v in {"rpm": self.rpm, "tpm": self.tpm, "rpd": self.rpd, "count": self.rpm_counts}.items()
+            if v is not None
+        }
+        return base.model_copy(update=overrides)
+
+    @property
+    def call_token_budget(self) -> int:
+        """Most tokens one call may carry: never more than a minute's TPM, or no call could ever pass."""
+        budget = self.max_tokens_per_call or 100 * 2048
+        if self.limits.tpm:
+            budget = min(budget, self.limits.tpm)
+        return budget
