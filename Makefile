@@ -1,0 +1,49 @@
+# indexflow — every target bootstraps .venv itself when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORPUS ?= data
+TABLE  ?= sample
+DB     ?= .indexflow/lancedb
+Q      ?= how do I parse command line arguments
+K      ?= 5
+
+.PHONY: help install index query plan test bench emulator clean
+
+help:
+	@echo "make index            index the sample corpus in data/ (emulator unless GEMINI_API_KEY is set)"
+	@echo "make query Q='...'    search the index"
+	@echo "make plan             what a run would embed, cost and take, without calling the API"
+	@echo "make test             the test suite (real emulator, LanceDB and Prefect server)"
+	@echo "make bench            benchmarks that print figures"
+	@echo "make emulator         run the Gemini API emulator on 127.0.0.1:8765"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+index: $(STAMP)
+	$(BIN)/indexflow index $(CORPUS) --db $(DB) --table $(TABLE)
+	$(BIN)/indexflow query "$(Q)" --db $(DB) --table $(TABLE) -k 3
+
+query: $(STAMP)
+	$(BIN)/indexflow query "$(Q)" --db $(DB) --table $(TABLE) -k $(K)
+
+plan: $(STAMP)
+	$(BIN)/indexflow plan $(CORPUS) --db $(DB) --table $(TABLE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+emulator: $(STAMP)
+	$(BIN)/indexflow emulator --host 127.0.0.1 --port 8765
+
+clean:
+	rm -rf .indexflow .pytest_cache

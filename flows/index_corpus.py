@@ -1,0 +1,177 @@
+"""The `index_corpus` flow: settings -> plan -> embed route -> finalize -> report.
+
+Tasks here are thin: each wraps one plain function from `tasks/` (which tests call directly) and
+adds only a name, retries and the Prefect reporting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
+
+from tasks.batcher import EmbedStats
+from tasks.endpoint import resolve_endpoint
+from tasks.errors import ConfigError, IndexflowError
+from tasks.online import OnlineOutcome, open_store, plan_run, run_online
+from tasks.plan import forecast
+from tasks.problems import ProblemLog
+from tasks.report import Progress, RunSummary, publish_summary
+from tasks.settings import Endpoint, Settings
+
+SECRET_BLOCK = "gemini-api-key"
+
+
+def build_settings(**params: Any) -> Settings:
+    """Validate parameters into Settings; a bad value becomes one ConfigError naming every field at fault."""
+    params = {k: v for k, v in params.items() if v is not None}
+    try:
+        return Settings(**params)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid parameters: {problems}", fields=[e["loc"] for e in exc.errors()]) from None
+
+
+async def _retry_transient(task, task_run, state) -> bool:
+    """Prefect retries the embed stage only for failures a later attempt may not see."""
+    try:
+        await state.aresult()
+    except IndexflowError as exc:
+        return exc.transient
+    except Exception:
+        return True
+    return False
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+async def plan_task(settings: Settings) -> tuple:
+    """Read and chunk the corpus against the table: counts only, no API call."""
+    return await asyncio.to_thread(plan_run, settings)
+
+
+@task(name="embed-online", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_retry_transient)
+async def embed_online_task(settings: Settings, endpoint: Endpoint, total: int) -> OnlineOutcome:
+    """The whole micro-batch pipeline in one task run; a transient stage failure is raised for a Prefect retry."""
+    with Progress(settings.table, prefect=True) as progress:
+        outcome = await run_online(settings, endpoint, on_progress=progress, total=total)
+        await progress.aclose(outcome.embed.chunks_embedded, total)
+    if outcome.error is not None and getattr(outcome.error, "transient", True):
+        raise outcome.error
+    return outcome
+
+
+@task(name="finalize", cache_policy=NO_CACHE)
+async def finalize_task(settings: Settings) -> dict:
+    """optimize(), then the vector and full-text indexes where they pay."""
+    store = await asyncio.to_thread(open_store, settings, rebuild=False)
+    report = await asyncio.to_thread(store.finalize)
+    return getattr(report, "__dict__", {}) or {}
+
+
+def _api_key_from_environment() -> str | None:
+    """GEMINI_API_KEY, else the Prefect Secret block `gemini-api-key`, else None (emulator)."""
+    key = os.environ.get("GEMINI_API_KEY")
+    if key:
+        return key
+    try:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(SECRET_BLOCK, _sync=True).get()
+    except Exception:  # no such block, or no server to ask: the emulator it is
+        return None
+
+
+@flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False)
+async def index_corpus(
+    corpus: str = "data",
+    table: str = "corpus",
+    db_uri: str = ".indexflow/lancedb",
+    mode: Literal["online", "batch", "auto"] = "online",
+    tier: Literal["free", "1", "2", "3", "unlimited"] | None = None,
+    dimensions: int = 768,
+    batch_size: int = 100,
+    concurrency: int = 8,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    rpd: int | None = None,
+    corpus_format: Literal["auto", "dir", "jsonl", "parquet", "csv"] = "auto",
+    id_field: str | None = None,
+    title_field: str = "title",
+    text_field: str = "text",
+    max_chunk_tokens: int = 1024,
+    delete_missing: bool = True,
+    rebuild: bool = False,
+    retry_failed: bool = False,
+    base_url: str | None = None,
+) -> dict:
+    """Index `corpus` into LanceDB table `table` at `db_uri`; returns the run summary as a dict.
+
+    The API key is read from GEMINI_API_KEY or the Prefect Secret block `gemini-api-key`, never
+    from a parameter; with neither, an emulator runs in this process.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+    with resolve_endpoint(_api_key_from_environment(), base_url) as (endpoint, label):
+        logger.info("Embedding endpoint: %s", label)
+        settings = build_settings(
+            corpus=corpus, table=table, db_uri=db_uri, mode=mode,
+            tier=tier or ("unlimited" if label.startswith("emulator") else "free"),
+            dimensions=dimensions, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
+            rpd=rpd, corpus_format=corpus_format, id_field=id_field, title_field=title_field,
+            text_field=text_field, max_chunk_tokens=max_chunk_tokens, delete_missing=delete_missing,
+            rebuild=rebuild, retry_failed=retry_failed,
+        )
+        if settings.mode != "online":
+            raise ConfigError(f"mode {settings.mode!r} is not available yet; use mode='online'")
+        counts, _ = await plan_task(settings)
+        fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
+                      limits=settings.limits)
+        logger.info(
+            "Plan: %d chunk(s) to embed (%d tokens, ~$%.4f online), %d unchanged, %d stale",
+            counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, counts.chunks_unchanged,
+            counts.chunks_stale,
+        )
+        try:
+            outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
+        except IndexflowError as exc:  # Prefect's retries are spent too: report, then fail the run
+            outcome = OnlineOutcome(counts, ProblemLog(), EmbedStats(), error=exc)
+        if outcome.error is None:
+            await finalize_task(settings)
+    summary = summarize(settings, label, outcome, time.monotonic() - started)
+    await publish_summary(summary)
+    for row in summary.rows():
+        logger.info("%-22s %s", row["metric"], row["value"])
+    if outcome.error is not None:
+        logger.error("%s", outcome.error)
+        raise outcome.error
+    return summary.as_dict()
+
+
+def summarize(settings: Settings, label: str, outcome: OnlineOutcome, wall: float) -> RunSummary:
+    """The run's facts for people, from the plan, the pipeline's counters and the store's."""
+    e = outcome.embed
+    status = "completed"
+    if outcome.error is not None:
+        status = f"stopped: {type(outcome.error).__name__}"
+    problems: ProblemLog = outcome.problems
+    return RunSummary(
+        table=settings.table, mode=settings.mode, endpoint=label.split(" (")[0], status=status,
+        plan=outcome.plan, docs_failed=problems.count, chunks_embedded=outcome.committed_rows,
+        chunks_deleted=outcome.deleted_rows, dead_lettered=outcome.dead_lettered,
+        api_calls=e.calls, tokens=e.tokens, rate_limited=e.rate_limited, retries=e.retries,
+        wall_seconds=wall, problems=problems.samples, failures=outcome.failures,
+        message=str(outcome.error) if outcome.error is not None else None,
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(index_corpus())

@@ -1,0 +1,122 @@
+"""The online route: corpus -> chunks -> plan filter -> micro-batcher -> group writer -> stale deletes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.batcher import EmbedStats, embed_chunks
+from tasks.chunk import Chunk, chunk_documents
+from tasks.errors import StoreError
+from tasks.corpus import read_corpus
+from tasks.gemini import make_client
+from tasks.plan import Planner, PlanCounts
+from tasks.problems import ProblemLog
+from tasks.settings import Endpoint, Settings
+from tasks.store import FailedItem, GroupWriter, VectorStore
+
+
+def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:
+    """The corpus as a stream of chunks under the recipe; bad input goes to `problems`."""
+    docs = read_corpus(
+        settings.corpus,
+        format=settings.corpus_format,
+        id_field=settings.id_field,
+        title_field=settings.title_field,
+        text_field=settings.text_field,
+        on_problem=problems,
+    )
+    return chunk_documents(docs, settings.recipe, max_tokens=settings.max_chunk_tokens,
+                           overlap_tokens=settings.overlap_tokens)
+
+
+def open_store(settings: Settings, *, rebuild: bool | None = None) -> VectorStore:
+    """The run's table, created for the settings' recipe if missing (RecipeMismatchError if another)."""
+    return VectorStore.open(settings.db_uri, settings.table, settings.recipe,
+                            rebuild=settings.rebuild if rebuild is None else rebuild)
+
+
+def make_planner(store: VectorStore, settings: Settings) -> Planner:
+    dead = {item.chunk_id: item.content_hash for item in store.dead_letters()}
+    return Planner(store.existing_hashes(), dead, retry_failed=settings.retry_failed)
+
+
+def plan_run(settings: Settings) -> tuple[PlanCounts, ProblemLog]:
+    """Read and chunk the corpus against the table without calling the API: what a run would do."""
+    store = None
+    if not settings.rebuild:
+        try:
+            store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
+        except StoreError:
+            pass  # no table yet: everything is new (planning never creates one)
+    problems = ProblemLog()
+    planner = make_planner(store, settings) if store else Planner({})
+    for _ in planner.select(corpus_chunks(settings, problems)):
+        pass
+    planner.stale_ids(delete_missing=settings.delete_missing, protected_docs=problems.protected_docs,
+                      unknown_problems=problems.unidentified)
+    return planner.counts, problems
+
+
+@dataclass
+class OnlineOutcome:
+    """What the online route did; small enough to return from a Prefect task."""
+
+    plan: PlanCounts
+    problems: ProblemLog
+    embed: EmbedStats
+    committed_rows: int = 0
+    deleted_rows: int = 0
+    dead_lettered: int = 0
+    failures: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+async def run_online(settings: Settings, endpoint: Endpoint, *,
+                     on_progress: Callable[[int, int | None], None] | None = None,
+                     total: int | None = None) -> OnlineOutcome:
+    """Embed what changed and write it; on a fatal error keep what was committed and report it.
+
+    The table is the record of progress: a re-run after any failure plans again from what is
+    committed, so nothing is embedded twice and nothing is lost.
+    """
+    store = await asyncio.to_thread(open_store, settings)
+    planner = await asyncio.to_thread(make_planner, store, settings)
+    problems = ProblemLog()
+    writer = GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)
+    failures: list[str] = []
+    dead = 0
+
+    async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
+        await asyncio.to_thread(writer.add, chunks, vectors)
+
+    async def on_failed(items: list[FailedItem]) -> None:
+        nonlocal dead
+        dead += len(items)
+        failures.extend(f"{i.chunk_id} ({i.source}): {i.error}" for i in items[: max(0, 20 - len(failures))])
+        await asyncio.to_thread(store.record_failures, items)
+
+    client = make_client(endpoint)
+    error: BaseException | None = None
+    stats = EmbedStats()
+    try:
+        stats = await embed_chunks(
+            planner.select(corpus_chunks(settings, problems)),
+            client=client, settings=settings, sink=sink, on_failed=on_failed,
+            on_progress=on_progress, total=total,
+        )
+    except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide
+        error = exc
+        stats = getattr(exc, "stats", stats)
+    # Stale rows are deleted only when the whole corpus was seen; after a failure the stream
+    # stopped early and everything unseen would look deleted.
+    if error is None:
+        writer.delete(planner.stale_ids(delete_missing=settings.delete_missing,
+                                        protected_docs=problems.protected_docs,
+                                        unknown_problems=problems.unidentified))
+    await asyncio.to_thread(writer.flush)
+    return OnlineOutcome(planner.counts, problems, stats, writer.committed_rows, writer.deleted_rows,
+                         dead, failures, error)

@@ -1,0 +1,185 @@
+"""What a run tells people: the summary table, the progress artifact, the failure note, the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
+
+
+def artifact_key(kind: str, table: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    slug = re.sub(r"[^a-z0-9]+", "-", table.lower()).strip("-") or "table"
+    return f"indexflow-{kind}-{slug}"[:120]
+
+
+@dataclass
+class RunSummary:
+    """The facts of one run, in the order a person reads them."""
+
+    table: str
+    mode: str
+    endpoint: str
+    status: str = "completed"
+    plan: PlanCounts = field(default_factory=PlanCounts)
+    docs_failed: int = 0
+    chunks_embedded: int = 0
+    chunks_deleted: int = 0
+    dead_lettered: int = 0
+    api_calls: int = 0
+    tokens: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    wall_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks_embedded / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def cost_usd(self) -> float:
+        price = PRICE_PER_MILLION_TOKENS["batch" if self.mode == "batch" else "online"]
+        return self.tokens * price / 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["plan"] = self.plan.as_dict()
+        d["chunks_per_second"] = round(self.chunks_per_second, 2)
+        d["cost_usd"] = round(self.cost_usd, 6)
+        return d
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The summary as (metric, value) rows for a table artifact and the terminal."""
+        p = self.plan
+        pairs = [
+            ("status", self.status),
+            ("endpoint", self.endpoint),
+            ("mode", self.mode),
+            ("documents seen", p.docs_seen),
+            ("documents new", p.docs_new),
+            ("documents changed", p.docs_changed),
+            ("documents unchanged", p.docs_unchanged),
+            ("documents deleted", p.docs_deleted),
+            ("documents failed", self.docs_failed),
+            ("chunks embedded", self.chunks_embedded),
+            ("chunks unchanged", p.chunks_unchanged),
+            ("chunks deleted", self.chunks_deleted),
+            ("dead-lettered", self.dead_lettered),
+            ("API calls", self.api_calls),
+            ("tokens", self.tokens),
+            ("429 responses", self.rate_limited),
+            ("retries", self.retries),
+            ("wall time (s)", round(self.wall_seconds, 2)),
+            ("chunks/s", round(self.chunks_per_second, 1)),
+            ("estimated cost (USD)", f"{self.cost_usd:.6f}"),
+        ]
+        return [{"metric": k, "value": v} for k, v in pairs]
+
+    def failure_markdown(self) -> str | None:
+        """A short note for people: what failed, how many, what to do; None when nothing failed."""
+        if not (self.docs_failed or self.dead_lettered or self.status != "completed"):
+            return None
+        lines = [f"# indexflow: {self.table} — {self.status}", ""]
+        if self.message:
+            lines += [self.message, ""]
+        if self.docs_failed:
+            lines += [f"**{self.docs_failed} corpus item(s) could not be read** and were skipped "
+                      "(anything they had in the index is kept). Fix the files below and re-run.", ""]
+            lines += [f"- `{s}`" for s in self.problems[:20]] + [""]
+        if self.dead_lettered:
+            lines += [f"**{self.dead_lettered} chunk(s) failed to embed** and are in the dead-letter table "
+                      f"`{self.table}__dead_letters`. Re-run with `indexflow index --retry-failed` "
+                      "once the cause is fixed.", ""]
+            lines += [f"- {s}" for s in self.failures[:20]] + [""]
+        return "\n".join(lines)
+
+
+async def publish_summary(summary: RunSummary) -> None:
+    """Table artifact keyed per table (so the UI keeps its history) and a failure note if needed."""
+    from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+    await acreate_table_artifact(
+        table=summary.rows(),
+        key=artifact_key("summary", summary.table),
+        description=f"indexflow run summary for table {summary.table}",
+    )
+    note = summary.failure_markdown()
+    if note:
+        await acreate_markdown_artifact(
+            markdown=note, key=artifact_key("failures", summary.table),
+            description=f"What failed in the last indexflow run on {summary.table}",
+        )
+
+
+class Progress:
+    """Progress sink for the embed stage: a throttled Prefect progress artifact and a terminal bar.
+
+    Called synchronously from the event loop; artifact updates are scheduled, at most one every
+    `every` seconds, because each costs tens of milliseconds on the server.
+    """
+
+    def __init__(self, table: str, *, prefect: bool, terminal: bool | None = None,
+                 every: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.key = artifact_key("progress", table)
+        self.prefect = prefect
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.every = every
+        self.clock = clock
+        self._artifact_id = None
+        self._last = float("-inf")
+        self._pending: asyncio.Task | None = None
+        self._bar = None
+        self.updates = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        pct = 100.0 * done / total if total else 0.0
+        if self._bar is not None:
+            self._bar[0].update(self._bar[1], completed=done, total=total)
+        now = self.clock()
+        if self.prefect and (now - self._last >= self.every or (total and done >= total)):
+            if self._pending is None or self._pending.done():
+                self._last = now
+                self._pending = asyncio.get_running_loop().create_task(self._push(pct))
+
+    async def _push(self, pct: float) -> None:
+        from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+        try:
+            if self._artifact_id is None:
+                self._artifact_id = await acreate_progress_artifact(
+                    progress=pct, key=self.key, description="chunks embedded, % of planned")
+            else:
+                await aupdate_progress_artifact(artifact_id=self._artifact_id, progress=pct)
+            self.updates += 1
+        except Exception:  # progress is best effort; it must never fail a run
+            pass
+
+    def __enter__(self) -> "Progress":
+        if self.terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TimeRemainingColumn
+
+            bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=False)
+            bar.start()
+            self._bar = (bar, bar.add_task("embedding", total=None))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar[0].stop()
+            self._bar = None
+
+    async def aclose(self, done: int, total: int | None) -> None:
+        """Push the final figure, waiting for any update in flight."""
+        if self._pending is not None:
+            await asyncio.gather(self._pending, return_exceptions=True)
+        if self.prefect:
+            await self._push(100.0 * done / total if total else 100.0)

@@ -1,0 +1,454 @@
+"""The one LanceDB module: schema, open with fresh reads, upserts, grouped writes, deletes, dead letters.
+
+Safe writes rest on two facts measured for lancedb 0.40 (see ../shared/reference/lancedb.md):
+concurrent or stale `merge_insert` of the same new keys inserts duplicates unless `id` is
+non-nullable and declared the table's (unenforced) primary key; and a stale handle makes
+`delete` miss new rows. So every table is created with the key and opened with
+`read_consistency_interval=0`. The embedding recipe lives in the Arrow schema metadata under
+`indexflow.recipe`; it survives `merge_insert`, `delete`, `optimize` and index builds.
+Indexes and queries live in `tasks.search`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.expr import col
+
+from tasks.chunk import Chunk
+from tasks.errors import RecipeMismatchError, StoreError
+from tasks.recipe import Recipe
+from tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, search_table
+
+RECIPE_KEY = "indexflow.recipe"
+DEAD_LETTER_SUFFIX = "__dead_letters"
+# Ids per `IN (...)` filter: large enough to keep commits few, small enough for the SQL planner.
+ID_BATCH = 1_000
+UTC_US = pa.timestamp("us", tz="UTC")
+
+
+def chunk_schema(recipe: Recipe) -> pa.Schema:
+    """The index table's schema for `recipe`, the recipe JSON in its metadata."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("ordinal", pa.int32(), nullable=False),
+            pa.field("text", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("content_hash", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), recipe.dimensions), nullable=False),
+            pa.field("indexed_at", UTC_US, nullable=False),
+        ],
+        metadata={RECIPE_KEY: recipe.to_json()},
+    )
+
+
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("ordinal", pa.int32(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("failed_at", UTC_US, nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FailedItem:
+    """A chunk that could not be embedded; it keeps the text so `--retry-failed` needs no corpus."""
+
+    chunk_id: str
+    doc_id: str
+    ordinal: int
+    text: str
+    title: str
+    source: str
+    content_hash: str
+    error: str
+    attempts: int
+    failed_at: datetime
+
+    @classmethod
+    def from_chunk(cls, chunk: Chunk, error: str, attempts: int, failed_at: datetime | None = None) -> FailedItem:
+        return cls(
+            chunk.id, chunk.doc_id, chunk.ordinal, chunk.text, chunk.title, chunk.source,
+            chunk.content_hash, error, attempts, failed_at or datetime.now(timezone.utc),
+        )
+
+    def to_chunk(self, tokens: int = 0) -> Chunk:
+        """The chunk to embed again (`tokens` is not stored; pass an estimate if the caller needs one)."""
+        return Chunk(self.chunk_id, self.doc_id, self.ordinal, self.text, self.title, self.source, tokens, self.content_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkKey:
+    """What the planner needs to know about one indexed chunk."""
+
+    id: str
+    doc_id: str
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    table: str
+    rows: int
+    fragments: int
+    small_fragments: int
+    dead_letters: int
+    indexes: tuple[str, ...]
+    version: int
+
+
+def rows_from(chunks: Sequence[Chunk], vectors: np.ndarray, *, indexed_at: datetime | None = None) -> pa.RecordBatch:
+    """Rows for `upsert`: `vectors[i]` belongs to `chunks[i]` (pair them within one call only)."""
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] != len(chunks):
+        raise StoreError(
+            f"rows_from got {len(chunks)} chunks but vectors of shape {matrix.shape}; pair each vector with its chunk",
+            chunks=len(chunks), shape=tuple(matrix.shape),
+        )
+    dim = matrix.shape[1]
+    now = indexed_at or datetime.now(timezone.utc)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([c.id for c in chunks], pa.string()),
+            pa.array([c.doc_id for c in chunks], pa.string()),
+            pa.array([c.ordinal for c in chunks], pa.int32()),
+            pa.array([c.text for c in chunks], pa.string()),
+            pa.array([c.title for c in chunks], pa.string()),
+            pa.array([c.source for c in chunks], pa.string()),
+            pa.array([c.content_hash for c in chunks], pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim),
+            pa.array([now] * len(chunks), UTC_US),
+        ],
+        schema=chunk_schema(Recipe(dimensions=dim)).remove_metadata(),
+    )
+
+
+def _id_batches(ids: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for value in ids:
+        batch.append(value)
+        if len(batch) == ID_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _open_or_none(db: lancedb.DBConnection, name: str):
+    try:
+        return db.open_table(name)
+    except ValueError as exc:
+        if "was not found" in str(exc):
+            return None
+        raise
+
+
+def _open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: str):
+    table = _open_or_none(db, name)
+    if table is not None:
+        return table
+    try:
+        table = db.create_table(name, schema=schema)
+    except ValueError as exc:
+        if "already exists" not in str(exc):
+            raise
+        return db.open_table(name)  # another writer created it first
+    table.set_unenforced_primary_key(key)
+    return table
+
+
+class VectorStore:
+    """One index table plus its dead-letter table, opened so that every read sees the latest commit."""
+
+    def __init__(self, db: lancedb.DBConnection, name: str, table, recipe: Recipe, policy: IndexPolicy) -> None:
+        self.db = db
+        self.name = name
+        self.table = table
+        self.recipe = recipe
+        self.policy = policy
+        self._dead = None
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        name: str,
+        recipe: Recipe | None = None,
+        *,
+        rebuild: bool = False,
+        create: bool = True,
+        policy: IndexPolicy | None = None,
+        storage_options: dict[str, str] | None = None,
+    ) -> VectorStore:
+        """Open (or create) table `name` at `uri` for `recipe`; recipe None adopts the table's (queries).
+
+        Raises RecipeMismatchError when the table holds another recipe, StoreError when it is missing
+        and `create` is False. `rebuild` drops the table and its dead letters first.
+        """
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+        if rebuild:
+            if recipe is None:
+                raise StoreError(f"cannot rebuild table {name!r} without a recipe", table=name)
+            db.drop_table(name, ignore_missing=True)
+            db.drop_table(name + DEAD_LETTER_SUFFIX, ignore_missing=True)
+        table = _open_or_none(db, name)
+        if table is None:
+            if not create or recipe is None:
+                raise StoreError(
+                    f"no index table {name!r} in {uri}; run `indexflow index` first or check --db/--table",
+                    table=name, uri=uri,
+                )
+            table = _open_or_create(db, name, chunk_schema(recipe), "id")
+        stored = (table.schema.metadata or {}).get(RECIPE_KEY.encode())
+        stored_text = stored.decode() if stored is not None else None
+        stored_recipe = _parse_recipe(stored_text)
+        if stored_recipe is None or (recipe is not None and stored_recipe != recipe):
+            raise RecipeMismatchError(
+                f"table {name!r} in {uri} was built with recipe {stored_text or '(none: not an indexflow table)'}, "
+                f"this run wants {recipe.to_json() if recipe else '(any)'}; vectors from two recipes must not mix: "
+                f"index into a new table name (--table) or pass --rebuild to re-embed everything",
+                table=name, stored=stored_text, wanted=recipe.to_json() if recipe else None,
+            )
+        return cls(db, name, table, stored_recipe, policy or IndexPolicy())
+
+    # -- reading what is indexed -------------------------------------------------------------
+
+    def iter_chunk_keys(self, doc_ids: Iterable[str] | None = None, batch_rows: int = 65_536) -> Iterator[ChunkKey]:
+        """Stream (id, doc_id, content_hash) of indexed chunks, optionally of some documents only."""
+        filters = [None] if doc_ids is None else [col("doc_id").isin(b) for b in _id_batches(doc_ids)]
+        for where in filters:
+            query = self.table.search().select(["id", "doc_id", "content_hash"])
+            if where is not None:
+                query = query.where(where)
+            for batch in query.to_batches(batch_rows):
+                ids, docs, hashes = (batch.column(n).to_pylist() for n in ("id", "doc_id", "content_hash"))
+                yield from map(ChunkKey, ids, docs, hashes)
+
+    def existing_hashes(self, doc_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """Chunk id -> content hash of what is indexed; about 150 bytes per row (30 MB at 200k rows)."""
+        return {key.id: key.content_hash for key in self.iter_chunk_keys(doc_ids)}
+
+    def doc_ids(self) -> set[str]:
+        """Every document id with at least one indexed chunk."""
+        ids: set[str] = set()
+        for batch in self.table.search().select(["doc_id"]).to_batches(65_536):
+            ids.update(batch.column("doc_id").to_pylist())
+        return ids
+
+    def count_rows(self) -> int:
+        return self.table.count_rows()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def upsert(self, rows: pa.RecordBatch | pa.Table) -> int:
+        """Insert or replace rows by `id` in one commit; returns the rows written."""
+        if rows.num_rows == 0:
+            return 0
+        data = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+        wanted = self.table.schema.field("vector").type
+        if data.schema.field("vector").type != wanted:
+            raise StoreError(
+                f"upsert into {self.name!r}: vectors are {data.schema.field('vector').type}, the table holds {wanted}",
+                table=self.name, got=str(data.schema.field("vector").type), wanted=str(wanted),
+            )
+        ids = data.column("id")
+        if ids.null_count or pc.count_distinct(ids).as_py() != data.num_rows:
+            raise StoreError(
+                f"upsert into {self.name!r}: {data.num_rows} rows but ids are null or repeated; each chunk id once per write",
+                table=self.name, rows=data.num_rows,
+            )
+        result = (
+            self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        )
+        written = result.num_inserted_rows + result.num_updated_rows
+        if written != data.num_rows:
+            raise StoreError(
+                f"upsert into {self.name!r} wrote {written} of {data.num_rows} rows "
+                f"({result.num_inserted_rows} inserted, {result.num_updated_rows} updated)",
+                table=self.name, rows=data.num_rows, inserted=result.num_inserted_rows, updated=result.num_updated_rows,
+            )
+        return written
+
+    def delete_chunks(self, ids: Iterable[str]) -> int:
+        """Delete chunks by id (any characters are safe: the filter is built as an expression, not SQL text)."""
+        return sum(self.table.delete(col("id").isin(batch)).num_deleted_rows for batch in _id_batches(ids))
+
+    def delete_docs(self, doc_ids: Iterable[str]) -> int:
+        """Delete every chunk of these documents."""
+        return sum(self.table.delete(col("doc_id").isin(batch)).num_deleted_rows for batch in _id_batches(doc_ids))
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def _dead_letters(self, create: bool):
+        if self._dead is None:
+            name = self.name + DEAD_LETTER_SUFFIX
+            self._dead = (
+                _open_or_create(self.db, name, DEAD_LETTER_SCHEMA, "chunk_id") if create else _open_or_none(self.db, name)
+            )
+        return self._dead
+
+    def record_failures(self, items: Sequence[FailedItem]) -> int:
+        """Store failed chunks (replacing an earlier failure of the same chunk); returns rows written."""
+        if not items:
+            return 0
+        fields = [f.name for f in DEAD_LETTER_SCHEMA]
+        data = pa.Table.from_pylist([{f: getattr(item, f) for f in fields} for item in items], schema=DEAD_LETTER_SCHEMA)
+        result = (
+            self._dead_letters(create=True)
+            .merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        )
+        return result.num_inserted_rows + result.num_updated_rows
+
+    def dead_letters(self) -> list[FailedItem]:
+        """Every dead-lettered chunk, oldest failure first."""
+        table = self._dead_letters(create=False)
+        if table is None:
+            return []
+        rows = table.search().to_arrow().to_pylist()
+        return sorted((FailedItem(**row) for row in rows), key=lambda item: (item.failed_at, item.chunk_id))
+
+    def count_dead_letters(self) -> int:
+        table = self._dead_letters(create=False)
+        return 0 if table is None else table.count_rows()
+
+    def clear_dead_letters(self, chunk_ids: Iterable[str]) -> int:
+        """Forget failures of these chunks (they are indexed now, or given up on)."""
+        table = self._dead_letters(create=False)
+        if table is None:
+            return 0
+        return sum(table.delete(col("chunk_id").isin(batch)).num_deleted_rows for batch in _id_batches(chunk_ids))
+
+    # -- after writing, and querying --------------------------------------------------------
+
+    def finalize(self, *, fts: bool = True, rebuild_indexes: bool = False) -> FinalizeReport:
+        """Compact, then build or refresh the indexes the table's size calls for (see `tasks.search`)."""
+        return build_indexes(self.table, self.policy, fts=fts, rebuild=rebuild_indexes)
+
+    def search(
+        self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False
+    ) -> list[Hit]:
+        """Nearest chunks to a normalized query vector; with `hybrid`, fused with full-text hits on `text`."""
+        return search_table(self.table, query_vector, k, text=text, hybrid=hybrid, policy=self.policy)
+
+    def stats(self) -> StoreStats:
+        s = self.table.stats()
+        frag = s["fragment_stats"] if isinstance(s, dict) else s.fragment_stats
+        get = (lambda o, k: o[k]) if isinstance(frag, dict) else getattr
+        return StoreStats(
+            table=self.name,
+            rows=self.table.count_rows(),
+            fragments=get(frag, "num_fragments"),
+            small_fragments=get(frag, "num_small_fragments"),
+            dead_letters=self.count_dead_letters(),
+            indexes=tuple(sorted(i.name for i in self.table.list_indices())),
+            version=self.table.version,
+        )
+
+
+def _parse_recipe(text: str | None) -> Recipe | None:
+    if text is None:
+        return None
+    try:
+        return Recipe.from_json(text)
+    except (ValueError, TypeError):
+        return None  # written by another indexflow version: treat as a mismatch, never guess
+
+
+class GroupWriter:
+    """Buffers (chunk, vector) pairs and commits them in groups of `group_rows` rows or `group_seconds`.
+
+    A crash loses at most the group in flight, and the table gets few large fragments instead of
+    many tiny ones. Stale ids queued with `delete` are removed only at `flush`, after the rows that
+    replace them are written, so a document is never briefly missing from the index.
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        *,
+        group_rows: int = 5_000,
+        group_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if group_rows < 1 or group_seconds <= 0:
+            raise StoreError(f"group_rows must be >= 1 and group_seconds > 0, got {group_rows}, {group_seconds}")
+        self.store = store
+        self.group_rows = group_rows
+        self.group_seconds = group_seconds
+        self.clock = clock
+        self._batches: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._first_at: float | None = None
+        self._deletes: list[str] = []
+        self._had_dead_letters = store.count_dead_letters() > 0
+        self.committed_rows = 0
+        self.commits = 0
+        self.deleted_rows = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """Buffer rows (vectors[i] belongs to chunks[i]); returns rows committed by this call."""
+        if len(chunks):
+            self._batches.append(rows_from(chunks, vectors))
+            self._buffered += len(chunks)
+            if self._first_at is None:
+                self._first_at = self.clock()
+        return self.commit_if_due()
+
+    def commit_if_due(self) -> int:
+        """Commit the buffer if it is big or old enough; call it when idle so time limits hold."""
+        if self._buffered >= self.group_rows or (
+            self._first_at is not None and self.clock() - self._first_at >= self.group_seconds
+        ):
+            return self._commit()
+        return 0
+
+    def delete(self, chunk_ids: Iterable[str]) -> None:
+        """Queue stale chunk ids; they are deleted at `flush`, after the buffered rows are written."""
+        self._deletes.extend(chunk_ids)
+
+    def flush(self) -> int:
+        """Commit what is buffered, then apply queued deletes; returns rows committed."""
+        written = self._commit()
+        if self._deletes:
+            self.deleted_rows += self.store.delete_chunks(self._deletes)
+            self._deletes = []
+        return written
+
+    def _commit(self) -> int:
+        if not self._buffered:
+            return 0
+        # Batches are joined here, not by callers, so one group is one commit whatever the batch sizes.
+        group = pa.Table.from_batches(self._batches)
+        ids = group.column("id").to_pylist()
+        last = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        if len(last) < len(ids):  # a chunk re-sent after a retry: its latest vector wins
+            group = group.take(sorted(last.values()))
+        written = self.store.upsert(group)
+        if self._had_dead_letters:
+            self.store.clear_dead_letters(list(last))
+        self._batches, self._buffered, self._first_at = [], 0, None
+        self.committed_rows += written
+        self.commits += 1
+        return written

@@ -1,0 +1,30 @@
+"""Flow tests run against a real local Prefect server that this session starts (not ephemeral mode)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.prefect_server import prefect_server
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """The API URL of a `prefect server start` on a free loopback port, with a temporary PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with prefect_server(home) as api_url:
+        old = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+        os.environ["PREFECT_API_URL"] = api_url
+        os.environ["PREFECT_HOME"] = str(home)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: str(home)}):
+                yield api_url
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
