@@ -1,0 +1,241 @@
+"""The `indexflow` command: index, plan, query, emulator. Library errors become user messages here only."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import App, Parameter
+
+from tasks.errors import ConfigError, DailyQuotaError, IndexflowError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
+
+app = App(
+    name="indexflow",
+    help="Keep a LanceDB vector index of a corpus fresh with Gemini embeddings.\n\n"
+    "Without GEMINI_API_KEY every command uses the built-in Gemini API emulator.",
+    result_action="return_value",
+)
+
+
+@Parameter(name="*")
+@dataclass
+class TableOptions:
+    db: str = ".indexflow/lancedb"
+    "LanceDB database URI (a directory, or s3://...)."
+    table: str = "corpus"
+    "Table name inside the database."
+
+
+@Parameter(name="*")
+@dataclass
+class RunOptions:
+    tier: Literal["free", "1", "2", "3", "unlimited"] | None = None
+    "Quota preset of your Gemini project (default: free with a key, unlimited with the emulator)."
+    rpm: int | None = None
+    "Requests per minute, overriding the tier."
+    tpm: int | None = None
+    "Tokens per minute, overriding the tier."
+    rpd: int | None = None
+    "Requests per day, overriding the tier."
+    dimensions: int = 768
+    "Output dimensionality, 128-3072."
+    batch_size: int = 100
+    "Texts per embedding call, at most 100."
+    concurrency: int = 8
+    "Embedding calls in flight at most."
+    format: Literal["auto", "dir", "jsonl", "parquet", "csv"] = "auto"
+    "Corpus format (auto: by file extension; a directory is read as a tree of files)."
+    id_field: str | None = None
+    "Record field holding the document id (default: id, then _id)."
+    title_field: str = "title"
+    "Record field holding the title."
+    text_field: str = "text"
+    "Record field holding the text."
+    max_chunk_tokens: int = 1024
+    "Largest chunk, in estimated tokens (the API takes 2,048)."
+    delete: bool = True
+    "Delete rows of documents that are no longer in the corpus."
+    rebuild: bool = False
+    "Drop the table and re-embed everything (needed when the recipe changes)."
+    retry_failed: bool = False
+    "Embed again the chunks in the dead-letter table."
+    mode: Literal["online", "batch", "auto"] = "online"
+    "Route: the online API, the Batch API at half price, or auto by size."
+
+    def flow_params(self, corpus: Path, t: TableOptions) -> dict:
+        return dict(
+            corpus=str(corpus), table=t.table, db_uri=t.db, mode=self.mode, tier=self.tier,
+            dimensions=self.dimensions, batch_size=self.batch_size, concurrency=self.concurrency,
+            rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, corpus_format=self.format, id_field=self.id_field,
+            title_field=self.title_field, text_field=self.text_field, max_chunk_tokens=self.max_chunk_tokens,
+            delete_missing=self.delete, rebuild=self.rebuild, retry_failed=self.retry_failed,
+        )
+
+
+def _quiet_prefect() -> None:
+    # The edge of the program: keep Prefect's temporary server from phoning home or chattering.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _print_rows(rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for row in rows:
+        table.add_row(str(row["metric"]), str(row["value"]))
+    Console().print(table)
+
+
+@app.command
+def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunOptions(),
+          json: bool = False) -> int:
+    """Embed what is new or changed in CORPUS and upsert it into the table; delete what is gone.
+
+    Parameters
+    ----------
+    corpus
+        A directory of .txt/.md/.rst/.html files, or a .jsonl, .parquet or .csv file.
+    json
+        Print the run summary as JSON.
+    """
+    _quiet_prefect()
+    from flows.index_corpus import index_corpus, summarize  # noqa: F401  (imports Prefect)
+    from tasks.report import RunSummary
+
+    if not os.environ.get("GEMINI_API_KEY") and not os.environ.get("GOOGLE_GEMINI_BASE_URL"):
+        print("No GEMINI_API_KEY set: embedding with the built-in Gemini API emulator (lexical vectors, "
+              "not Gemini's).", file=sys.stderr)
+    result = index_corpus(**o.flow_params(corpus, t))
+    if hasattr(result, "__await__"):
+        import asyncio
+
+        result = asyncio.run(result)
+    if json:
+        print(jsonlib.dumps(result, indent=2, default=str))
+    else:
+        summary = RunSummary(**{k: v for k, v in result.items()
+                                if k in RunSummary.__dataclass_fields__ and k != "plan"})
+        from tasks.plan import PlanCounts
+
+        summary.plan = PlanCounts(**{k: v for k, v in result["plan"].items() if k in PlanCounts.__dataclass_fields__})
+        _print_rows(summary.rows(), f"indexflow: {t.table}")
+    return EXIT_OK
+
+
+@app.command
+def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunOptions(), json: bool = False) -> int:
+    """Show what `index` would do — chunks new, changed, stale; tokens; cost and time — without calling the API.
+
+    Parameters
+    ----------
+    corpus
+        A directory of .txt/.md/.rst/.html files, or a .jsonl, .parquet or .csv file.
+    json
+        Print the plan as JSON.
+    """
+    from flows.index_corpus import build_settings
+    from tasks.online import plan_run
+    from tasks.plan import forecast
+
+    params = o.flow_params(corpus, t)
+    params["tier"] = params["tier"] or ("free" if os.environ.get("GEMINI_API_KEY") else "unlimited")
+    settings = build_settings(**params)
+    counts, problems = plan_run(settings)
+    fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
+                  limits=settings.limits)
+    out = counts.as_dict() | {"tier": settings.tier, "input_problems": problems.count,
+                              "forecast": asdict(fc)}
+    if json:
+        print(jsonlib.dumps(out, indent=2))
+        return EXIT_OK
+    eta = "no quota limit" if fc.online_seconds is None else f"{fc.online_seconds:,.0f} s at tier {settings.tier}"
+    if fc.days > 1:
+        eta += f" ({fc.days} days of per-day quota)"
+    rows = [{"metric": k.replace("_", " "), "value": v} for k, v in counts.as_dict().items() if v is not None]
+    rows += [
+        {"metric": "input problems", "value": problems.count},
+        {"metric": "API calls", "value": fc.calls},
+        {"metric": "online cost (USD)", "value": f"{fc.online_cost_usd:.6f}"},
+        {"metric": "batch cost (USD)", "value": f"{fc.batch_cost_usd:.6f}"},
+        {"metric": "online time", "value": eta},
+    ]
+    _print_rows(rows, f"plan: {corpus} -> {t.table}")
+    for sample in problems.samples[:10]:
+        print(f"  skipped: {sample}", file=sys.stderr)
+    return EXIT_OK
+
+
+@app.command
+def query(text: str, *, t: TableOptions = TableOptions(),
+          k: Annotated[int, Parameter(name=["-k", "--k"])] = 10, hybrid: bool = False, json: bool = False) -> int:
+    """Search the index for TEXT and print rank, score, document id, title and a snippet.
+
+    Parameters
+    ----------
+    text
+        The question or keywords.
+    k
+        How many hits.
+    hybrid
+        Fuse vector search with full-text search (reciprocal rank fusion).
+    json
+        Print hits as JSON.
+    """
+    from tasks.endpoint import resolve_endpoint
+    from tasks.query import query as run_query
+
+    with resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
+        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k, hybrid=hybrid)
+    if json:
+        print(jsonlib.dumps([asdict(h) for h in hits], indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{text!r} in {t.table}")
+    for col in ("rank", "score", "document", "title", "snippet"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.4f}", h.doc_id, h.title[:40], h.snippet(160))
+    Console().print(table)
+    return EXIT_OK
+
+
+@app.command
+def emulator() -> int:
+    """Run the Gemini API emulator as a server (`indexflow emulator --help` lists its options)."""
+    raise AssertionError("handled in main()")  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `indexflow` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:
+        from emulator.cli import main as emulator_main
+
+        return emulator_main(argv[1:])
+    try:
+        code = app(argv, exit_on_error=True)
+    except DailyQuotaError as exc:
+        print(f"indexflow: stopped, daily quota exhausted: {exc}\nEverything embedded so far is saved; "
+              "run the same command again after the quota resets to continue.", file=sys.stderr)
+        return EXIT_QUOTA
+    except ConfigError as exc:
+        print(f"indexflow: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except IndexflowError as exc:
+        print(f"indexflow: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return code if isinstance(code, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The client-side limiter: sliding windows, pause gate, daily quota, AIMD concurrency (fake clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from tasks.errors import ConfigError, DailyQuotaError
+from tasks.limits import AdaptiveConcurrency, RateLimiter
+from tasks.settings import Limits
+
+
+class FakeClock:
+    """Time that moves only when someone sleeps; sleeping records the delays asked for."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def limiter(clock: FakeClock, **limits) -> RateLimiter:
+    return RateLimiter(Limits(**limits), clock=clock, sleep=clock.sleep)
+
+
+def test_two_calls_fit_and_the_third_waits_for_the_first_to_leave_the_window():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=20, count="texts")
+
+    async def scenario():
+        first = await rl.acquire(10, 100)
+        clock.now = 0.5
+        rl.complete(first)
+        second = await rl.acquire(10, 100)
+        rl.complete(second)
+        assert rl.in_window == (20, 200)
+        assert rl.delay(10, 100, clock.now) == pytest.approx(60.0)  # first finished at 0.5, now 0.5
+        third = await rl.acquire(10, 100)
+        return third
+
+    third = asyncio.run(scenario())
+    assert clock.sleeps == [pytest.approx(60.0)]
+    assert third.admitted == pytest.approx(60.5)
+
+
+def test_calls_mode_counts_one_request_per_call():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=2, count="calls")
+
+    async def scenario():
+        for _ in range(2):
+            rl.complete(await rl.acquire(100, 10))
+        return rl.delay(rl.cost(100), 10, clock.now)
+
+    assert asyncio.run(scenario()) == pytest.approx(60.0)
+    assert rl.in_window == (2, 20)
+
+
+def test_tokens_per_minute_binds_independently_of_requests():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=1000, tpm=1000)
+
+    async def scenario():
+        rl.complete(await rl.acquire(1, 600))
+        clock.now = 10.0
+        rl.complete(await rl.acquire(1, 300))
+        return rl.delay(1, 200, clock.now)
+
+    # 900 used; 200 more needs the 600-token call (finished at 0) to leave: at 60.
+    assert asyncio.run(scenario()) == pytest.approx(50.0)
+
+
+def test_a_call_in_flight_never_expires_and_waiters_resume_when_it_finishes():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=10)
+
+    async def scenario():
+        held = await rl.acquire(10, 1)
+        assert math.isinf(rl.delay(1, 1, clock.now + 1_000))
+        waiter = asyncio.create_task(rl.acquire(1, 1))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        clock.now = 5.0
+        rl.complete(held)
+        return await waiter
+
+    permit = asyncio.run(scenario())
+    assert permit.admitted == pytest.approx(65.0)  # finished at 5, window 60
+
+
+def test_a_call_larger_than_a_window_is_refused_up_front():
+    rl = limiter(FakeClock(), rpm=20, tpm=500)
+    with pytest.raises(ConfigError) as rpm_error:
+        asyncio.run(rl.acquire(21, 1))
+    assert rpm_error.value.requests == 21 and rpm_error.value.rpm == 20
+    with pytest.raises(ConfigError) as tpm_error:
+        asyncio.run(rl.acquire(1, 501))
+    assert tpm_error.value.tokens == 501 and tpm_error.value.tpm == 500
+
+
+def test_daily_quota_stops_without_waiting():
+    clock = FakeClock()
+    rl = limiter(clock, rpd=25)
+
+    async def scenario():
+        for _ in range(2):
+            rl.complete(await rl.acquire(10, 1))
+        with pytest.raises(DailyQuotaError) as first:
+            await rl.acquire(10, 1)
+        with pytest.raises(DailyQuotaError):
+            await rl.acquire(1, 1)  # fits the count, but the day is already declared spent
+        return first.value
+
+    error = asyncio.run(scenario())
+    assert (error.limit, error.used, error.quota_id) == (25, 20, "client:rpd")
+    assert clock.sleeps == []
+
+
+def test_server_daily_quota_marks_the_limiter_spent():
+    rl = limiter(FakeClock())
+    rl.mark_day_exhausted(DailyQuotaError("spent", status=429, quota_id="X-PerDay"))
+    with pytest.raises(DailyQuotaError) as error:
+        asyncio.run(rl.acquire(1, 1))
+    assert error.value.quota_id == "X-PerDay"
+
+
+def test_rate_limited_pause_gates_every_caller():
+    clock = FakeClock()
+    rl = limiter(clock)  # no limits at all: only the pause can delay
+
+    async def scenario():
+        rl.on_rate_limited(7.5)
+        rl.on_rate_limited(2.0)  # a shorter pause never shortens the gate
+        return [await rl.acquire(1, 1) for _ in range(3)]
+
+    permits = asyncio.run(scenario())
+    assert [p.admitted for p in permits] == [pytest.approx(7.5)] * 3
+    assert clock.sleeps == [pytest.approx(7.5)]
+
+
+@pytest.mark.parametrize("count", ["texts", "calls"])
+def test_a_server_with_a_sliding_window_never_sees_more_than_the_limit(count):
+    """Simulate the server's own 60-s windows, stamped at arrival (admission + latency)."""
+    clock = FakeClock()
+    rpm, tpm = 300, 20_000
+    rl = limiter(clock, rpm=rpm, tpm=tpm, count=count)
+    rng = random.Random(7)
+    arrivals: list[tuple[float, int, int]] = []
+
+    async def call(texts: int, tokens: int) -> None:
+        permit = await rl.acquire(texts, tokens)
+        arrival = clock.now + rng.uniform(0.0, 0.3)
+        arrivals.append((arrival, rl.cost(texts), tokens))
+        clock.now = arrival + rng.uniform(0.0, 0.5)
+        rl.complete(permit)
+
+    async def scenario():
+        for _ in range(400):
+            texts = rng.randint(1, 100)
+            await call(texts, rng.randint(texts, 40 * texts))
+
+    asyncio.run(scenario())
+    arrivals.sort()
+    for i, (t, _, _) in enumerate(arrivals):
+        window = [a for a in arrivals[: i + 1] if a[0] > t - 60.0]
+        assert sum(a[1] for a in window) <= rpm
+        assert sum(a[2] for a in window) <= tpm
+    # and the limiter is not wastefully slow: the run spans close to the minimum number of minutes
+    minutes = max(sum(a[1] for a in arrivals) / rpm, sum(a[2] for a in arrivals) / tpm)
+    assert clock.now < 60.0 * (minutes + 2)
+
+
+def test_concurrency_halves_once_per_generation_and_grows_back():
+    gate = AdaptiveConcurrency(8)
+
+    async def scenario():
+        generations = [await gate.acquire() for _ in range(8)]
+        for g in generations:  # eight 429s from calls sent together: one congestion event
+            gate.on_overload(g)
+        assert gate.limit == 4
+        for _ in range(8):
+            gate.release()
+        g = await gate.acquire()
+        gate.on_overload(g)
+        gate.release()
+        assert gate.limit == 2
+        for _ in range(5):
+            g = await gate.acquire()
+            gate.on_overload(g)
+            gate.release()
+        assert gate.limit == 1  # never below the minimum
+        for _ in range(1 + 2 + 3):  # +1 after `limit` successes: 1 -> 2 -> 3 -> 4
+            gate.on_success()
+        return gate.limit
+
+    assert asyncio.run(scenario()) == 4
+    assert gate.shrinks == 3
+
+
+def test_concurrency_gate_blocks_at_the_limit_and_wakes_on_release():
+    gate = AdaptiveConcurrency(2)
+
+    async def scenario():
+        await gate.acquire()
+        await gate.acquire()
+        third = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        blocked = not third.done()
+        gate.release()
+        await asyncio.wait_for(third, 1)
+        return blocked, gate.in_use
+
+    assert asyncio.run(scenario()) == (True, 2)
+
+
+def test_concurrency_bounds_are_validated():
+    with pytest.raises(ConfigError):
+        AdaptiveConcurrency(0)
