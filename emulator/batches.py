@@ -306,7 +306,7 @@ class BatchStore:
             line.update(result)
             lines.append(line)
         # A stable shuffle keyed on the job: clients must match lines by key, never by position.
-        order = sorted(range(len(lines)), key=lambda i: blake2b(f"{job['id']}:{i}".encode(), digest_size=8).digest())
+        order = sorted(range(len(lines)), key=lambda i: _digest(f"{job['id']}:{i}"))
         data = b"".join(orjson.dumps(lines[i], option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for i in order)
         record = self.files.put_bytes(f"{job['displayName'] or job['id']}-output", "application/jsonl", data)
         return f"files/{record['id']}"
@@ -439,9 +439,16 @@ class _ErrorCounter:
 # -- input parsing ----------------------------------------------------------------------------
 
 
+def _digest(text: str) -> bytes:
+    return blake2b(text.encode(), digest_size=8).digest()
+
+
 def _uniform(seed: int, job_id: str, index: int) -> float:
-    digest = blake2b(f"{seed}:{job_id}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return int.from_bytes(_digest(f"{seed}:{job_id}:{index}"), "big") / 2**64
+
+
+def _new_item(key: str | None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"key": key, "text": "", "title": None, "taskType": None, "dim": DEFAULT_DIM, "error": error}
 
 
 def _bad(label: str, message: str) -> dict[str, Any]:
@@ -450,13 +457,14 @@ def _bad(label: str, message: str) -> dict[str, Any]:
 
 def _item_from_request(request: Any, key: str | None, label: str) -> dict[str, Any]:
     """One job item from an EmbedContentRequest; an invalid request becomes an item error."""
-    item: dict[str, Any] = {"key": key, "text": "", "title": None, "taskType": None, "dim": DEFAULT_DIM, "error": None}
+    item = _new_item(key)
     if not isinstance(request, dict):
         item["error"] = _bad(label, "has no 'request' object.")
         return item
     content = request.get("content")
     parts = content.get("parts") if isinstance(content, dict) else None
-    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)] if isinstance(parts, list) else []
+    parts = parts if isinstance(parts, list) else []
+    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
     item["text"] = " ".join(texts)
     item["title"] = request.get("title") if isinstance(request.get("title"), str) else None
     task_type = request.get("taskType") or request.get("task_type")
@@ -470,7 +478,7 @@ def _item_from_request(request: Any, key: str | None, label: str) -> dict[str, A
         item["error"] = _bad(label, f"the input has {tokens} tokens, more than the {MAX_ITEM_TOKENS} allowed.")
     elif item["taskType"] is not None and item["taskType"] not in TASK_TYPES:
         item["error"] = _bad(label, f"unknown task type {item['taskType']!r}.")
-    elif dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or not MIN_DIM <= dim <= MAX_DIM):
+    elif dim is not None and (type(dim) is not int or not MIN_DIM <= dim <= MAX_DIM):
         item["error"] = _bad(label, f"output dimensionality {dim!r} is outside {MIN_DIM}..{MAX_DIM}.")
     elif dim is not None:
         item["dim"] = dim
@@ -494,7 +502,7 @@ def _items_from_file(data: bytes, file_name: str) -> list[dict[str, Any]]:
         key = line.get("key") if isinstance(line, dict) else None
         key = str(key) if key is not None else None
         if error is not None:
-            items.append({"key": key, "text": "", "title": None, "taskType": None, "dim": DEFAULT_DIM, "error": error})
+            items.append(_new_item(key, error))
             continue
         items.append(_item_from_request(line.get("request"), key, f"{label} (key {key!r})"))
     return items

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import orjson
-from fastapi import Request
 from fastapi.responses import Response
 
 TYPE_PREFIX = "type.googleapis.com/google.rpc."
@@ -63,12 +62,6 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
         media_type="application/json; charset=UTF-8",
         headers=headers,
     )
-
-
-async def google_error_handler(request: Request, exc: Exception) -> Response:
-    """FastAPI exception handler for `GoogleError`."""
-    assert isinstance(exc, GoogleError)
-    return exc.response()
 
 
 def format_duration(seconds: float) -> str:

@@ -2,7 +2,8 @@
 
 Each record is one JSON file (and, for files, one `.bin` beside it) written atomically, so a
 crash or a stopped emulator never leaves a half-written record for the next start to trip on.
-Also holds the RFC 3339 timestamp format the stores share.
+Also holds what both stores share: the RFC 3339 timestamp format and newest-first paging with
+opaque page tokens.
 """
 
 from __future__ import annotations

@@ -69,7 +69,9 @@ def running_emulator(
 ) -> Iterator[RunningEmulator]:
     """Start the emulator in a daemon thread (port 0 = a free port), yield it, stop it on exit."""
     config = config or EmulatorConfig()
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted sockets only for it, and
+    # without it every response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
@@ -99,7 +101,15 @@ def running_emulator(
         sock.close()
 
 
-def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info") -> None:
-    """Serve in the foreground until interrupted (the CLI)."""
-    server, _ = _server(config, host, port, log_level)
+def serve(
+    config: EmulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    log_level: str = "info",
+    fault_script: list[dict] | None = None,
+) -> None:
+    """Serve in the foreground until interrupted (the CLI); `fault_script` hits the first calls."""
+    server, emulator = _server(config, host, port, log_level)
+    if fault_script:
+        emulator.faults.set(script=fault_script)
     server.run()

@@ -96,81 +96,88 @@ def chunk_documents(
         yield from chunk_document(doc, recipe, max_tokens=max_tokens, overlap_tokens=overlap_tokens)
 
 
-@dataclass(frozen=True, slots=True)
-class _Unit:
-    start: int
-    end: int
-    rank: int  # of the cut point just before this unit
+class _Units:
+    """The cut-up text as parallel lists: unit i spans text[starts[i]:ends[i]]; ranks[i] is the
+    rank of the cut point before it; pieces[i] is the sum of count_pieces over units before i."""
 
+    def __init__(self, text: str, max_tokens: int) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.ranks: list[int] = []
+        self.pieces: list[int] = [0]
+        fragment = max(1, min(_FRAGMENT_CHARS, max_tokens))
+        previous_end, previous_word = 0, ""
+        for match in _WORD.finditer(text):
+            word, start, end = match.group(), match.start(), match.end()
+            gap = text[previous_end:start]
+            if "\n\n" in gap:
+                rank = 3
+            elif "\n" in gap or (_SENTENCE_END.search(previous_word) and _SENTENCE_START.match(word)):
+                rank = 2
+            else:
+                rank = 1
+            pieces = count_pieces(word)
+            if max(-(-len(word) // CHARS_PER_TOKEN), pieces) <= max_tokens:
+                self._add(start, end, rank, pieces)
+            else:
+                # estimate_tokens(s) <= len(s) for any non-empty s, so a fragment of `fragment` chars fits.
+                for offset in range(start, end, fragment):
+                    stop = min(offset + fragment, end)
+                    self._add(offset, stop, rank if offset == start else 0, count_pieces(text[offset:stop]))
+            previous_end, previous_word = end, word
 
-def _units(text: str, max_tokens: int) -> list[_Unit]:
-    units: list[_Unit] = []
-    fragment = max(1, min(_FRAGMENT_CHARS, max_tokens))
-    previous_end = 0
-    previous_word = ""
-    for match in _WORD.finditer(text):
-        word = match.group()
-        gap = text[previous_end : match.start()]
-        if "\n\n" in gap:
-            rank = 3
-        elif "\n" in gap or (_SENTENCE_END.search(previous_word) and _SENTENCE_START.match(word)):
-            rank = 2
-        else:
-            rank = 1
-        if estimate_tokens(word) <= max_tokens:
-            units.append(_Unit(match.start(), match.end(), rank))
-        else:
-            # estimate_tokens(s) <= len(s) for any non-empty s, so a fragment of `fragment` chars fits.
-            for offset in range(match.start(), match.end(), fragment):
-                units.append(_Unit(offset, min(offset + fragment, match.end()), rank if offset == match.start() else 0))
-        previous_end, previous_word = match.end(), word
-    return units
+    def _add(self, start: int, end: int, rank: int, pieces: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+        self.ranks.append(rank)
+        self.pieces.append(self.pieces[-1] + pieces)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def cost(self, first: int, stop: int) -> int:
+        """An upper bound of estimate_tokens for units first..stop-1, in O(1).
+
+        Exact for whitespace-separated units (pieces add up); for fragments glued back into a
+        word the true count can only be lower (letter runs merge)."""
+        chars = self.ends[stop - 1] - self.starts[first]
+        return max(1, -(-chars // CHARS_PER_TOKEN), self.pieces[stop] - self.pieces[first])
 
 
 def _split(text: str, max_tokens: int, overlap_tokens: int) -> list[tuple[int, int]]:
     """Character ranges of the chunks of `text` (rules 3-5 of the module docstring)."""
-    units = _units(text, max_tokens)
-    # Pieces add up over whitespace-separated units and never grow when fragments are glued back,
-    # so prefix sums give an upper bound of estimate_tokens for any run of units in O(1).
-    pieces = [0]
-    for unit in units:
-        pieces.append(pieces[-1] + count_pieces(text[unit.start : unit.end]))
-
-    def cost(first: int, stop: int) -> int:
-        chars = units[stop - 1].end - units[first].start
-        return max(1, -(-chars // CHARS_PER_TOKEN), pieces[stop] - pieces[first])
-
+    units = _Units(text, max_tokens)
     n = len(units)
     ranges: list[tuple[int, int]] = []
     start, first_new = 0, 0
     while True:
         stop = first_new + 1
-        while stop < n and cost(start, stop + 1) <= max_tokens:
+        while stop < n and units.cost(start, stop + 1) <= max_tokens:
             stop += 1
         if stop == n:
-            ranges.append((units[start].start, units[-1].end))
+            ranges.append((units.starts[start], units.ends[-1]))
             return ranges
-        cut, best_rank = stop, units[stop].rank
+        cut, best_rank = stop, units.ranks[stop]
         for candidate in range(stop - 1, first_new, -1):
-            if 2 * cost(start, candidate) < max_tokens:
+            if 2 * units.cost(start, candidate) < max_tokens:
                 break
-            if units[candidate].rank > best_rank:
-                cut, best_rank = candidate, units[candidate].rank
-        ranges.append((units[start].start, units[cut - 1].end))
-        start, first_new = _overlap_start(units, cost, start, cut, overlap_tokens, max_tokens), cut
+            if units.ranks[candidate] > best_rank:
+                cut, best_rank = candidate, units.ranks[candidate]
+        ranges.append((units.starts[start], units.ends[cut - 1]))
+        start, first_new = _overlap_start(units, start, cut, overlap_tokens, max_tokens), cut
 
 
-def _overlap_start(units: list[_Unit], cost, chunk_start: int, cut: int, overlap_tokens: int, max_tokens: int) -> int:
+def _overlap_start(units: _Units, chunk_start: int, cut: int, overlap_tokens: int, max_tokens: int) -> int:
     """Where the next chunk starts: up to `overlap_tokens` back from `cut`, never at the last chunk's start."""
     window: list[int] = []
     for first in range(cut - 1, chunk_start, -1):
-        if not overlap_tokens or cost(first, cut) > overlap_tokens:
+        if not overlap_tokens or units.cost(first, cut) > overlap_tokens:
             break  # cost only grows going back
         window.append(first)
     # `window` runs backwards, so its last element is the longest overlap.
-    sentence_starts = [first for first in window if units[first].rank >= 2]
+    sentence_starts = [first for first in window if units.ranks[first] >= 2]
     start = (sentence_starts or window or [cut])[-1]
     # The first new unit must still fit beside the overlap.
-    while start < cut and cost(start, cut + 1) > max_tokens:
+    while start < cut and units.cost(start, cut + 1) > max_tokens:
         start += 1
     return start

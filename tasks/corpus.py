@@ -14,7 +14,9 @@ Directory trees: `.txt .md .markdown .rst .html .htm` files are one document eac
 relative to the corpus root (posix). `.jsonl .ndjson .parquet .csv` files inside the tree are read
 with their reader and their record ids are prefixed with the file's relative path and "/"
 (`faq/items.jsonl/42`), which keeps ids unique across files. Other files, and names starting
-with ".", are skipped without a problem report. Traversal is sorted, so the order is stable.
+with ".", are skipped without a problem report. Traversal is sorted and stable: a directory's
+files by name, then its subdirectories by name (os.walk order); symlinked directories are not
+followed.
 """
 
 from __future__ import annotations
@@ -527,10 +529,16 @@ def _read_parquet(path: Path, display: str, prefix: str, run: _Run, *, top_level
 
 
 def _read_csv(path: Path, display: str, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
-    read_options = pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES)
+    # A Python file object, not a path: given a path, Arrow reads ahead as fast as the disk allows
+    # and buffers most of the file; through a Python file it reads one block per batch.
+    read_options = pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
     try:
         # A first open only to learn the header; types are then fixed below so inference can't fail later.
-        with pa_csv.open_csv(path, read_options=read_options) as header:
+        with open(path, "rb") as raw, pa_csv.open_csv(
+            raw,
+            read_options=read_options,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=lambda row: "skip"),
+        ) as header:
             names = header.schema.names
     except (pa.ArrowException, OSError) as error:
         return _report_unreadable(run, display, f"cannot read CSV file: {error}")
@@ -550,8 +558,8 @@ def _read_csv(path: Path, display: str, prefix: str, run: _Run, *, top_level: bo
 
     def batches() -> Iterator[pa.RecordBatch]:
         # Bytes, not strings: invalid UTF-8 in one value is then that row's problem, not the file's.
-        with pa_csv.open_csv(
-            path,
+        with open(path, "rb") as raw, pa_csv.open_csv(
+            raw,
             read_options=read_options,
             parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip_row),
             convert_options=pa_csv.ConvertOptions(

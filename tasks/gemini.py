@@ -214,6 +214,18 @@ def _quota_facts(error: dict[str, Any]) -> tuple[list[str], float | None]:
     return quota_ids, retry_after
 
 
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED"})
+
+
+def _reason(error: dict[str, Any]) -> str | None:
+    # Google answers a wrong key with 400 INVALID_ARGUMENT + ErrorInfo(reason=API_KEY_INVALID), not 401.
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("ErrorInfo"):
+            return str(detail.get("reason"))
+    return None
+
+
 def _header_retry_after(exc: genai_errors.APIError) -> float | None:
     headers = getattr(getattr(exc, "response", None), "headers", None)
     value = headers.get("retry-after") if headers is not None else None
@@ -279,7 +291,7 @@ def _classify_api_error(exc: genai_errors.APIError) -> IndexflowError:
             retry_after=retry_after,
             quota_id=quota_ids[0] if quota_ids else None,
         )
-    if code in (401, 403):
+    if code in (401, 403) or _reason(error) in _KEY_REASONS:
         return AuthError(
             f"the embedding endpoint refused the API key ({code} {status}: {message}); "
             "check GEMINI_API_KEY or the endpoint's key",

@@ -27,8 +27,10 @@ HIT_COLUMNS = ["id", "doc_id", "ordinal", "title", "text", "source"]
 class IndexPolicy:
     """When to build a vector index and how to query it; defaults chosen by bench/bench_index.py.
 
-    Below `min_rows` exact search is fast enough (tens of ms) and has perfect recall, so no index
-    is built. IVF_RQ builds fastest with recall@10 >= 0.95 at these probe/refine settings.
+    Measured (768 dims, 2 cores): exact search takes ~9 ms at 5k rows and ~50-65 ms at 50k, with
+    perfect recall, so no index is built below `min_rows`. IVF_RQ at nprobes 20 / refine 20 builds
+    in 0.5 s at 50k rows and answers in ~8 ms with recall@10 0.984 (emulator vectors) to 1.000
+    (clustered); IVF_SQ needs refine for the same recall and takes ~30 ms.
     """
 
     min_rows: int = 50_000
@@ -156,8 +158,7 @@ def search_table(
         query = table.search(text, query_type="fts").limit(k).select([*HIT_COLUMNS, "_score"])
         kind, score_of = "bm25", lambda row: row["_score"]
     else:
-        query = table.search(_query_vector(table, query_vector), vector_column_name="vector")
-        query = _tuned(query, policy).limit(k).select([*HIT_COLUMNS, "_distance"])
+        query = _vector_query(table, query_vector, k, policy)
         kind, score_of = "cosine", lambda row: 1.0 - row["_distance"]
     rows = query.to_arrow().to_pylist()
     return [
@@ -165,6 +166,16 @@ def search_table(
             row["title"] or "", row["text"] or "", row["source"] or "")
         for rank, row in enumerate(rows, start=1)
     ]
+
+
+def _vector_query(table, query_vector: np.ndarray, k: int, policy: IndexPolicy):
+    query = table.search(_query_vector(table, query_vector), vector_column_name="vector")
+    return _tuned(query, policy).limit(k).select([*HIT_COLUMNS, "_distance"])
+
+
+def explain_vector_search(table, query_vector: np.ndarray, k: int = 10, policy: IndexPolicy | None = None) -> str:
+    """The physical plan of a vector search; `ANNSubIndex ... metric=Dot` means the index is used."""
+    return _vector_query(table, query_vector, k, policy or IndexPolicy()).explain_plan(True)
 
 
 def _tuned(query, policy: IndexPolicy):

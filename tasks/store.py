@@ -32,13 +32,17 @@ DEAD_LETTER_SUFFIX = "__dead_letters"
 # Ids per `IN (...)` filter: large enough to keep commits few, small enough for the SQL planner.
 ID_BATCH = 1_000
 UTC_US = pa.timestamp("us", tz="UTC")
+# Lance's field-metadata form of the unenforced primary key. Writing it into the schema at
+# creation makes the key part of the table's first commit; `_ensure_key` checks it afterwards
+# and falls back to the public `set_unenforced_primary_key` should the encoding ever change.
+PK_METADATA = {"lance-schema:unenforced-primary-key:position": "1"}
 
 
 def chunk_schema(recipe: Recipe) -> pa.Schema:
     """The index table's schema for `recipe`, the recipe JSON in its metadata."""
     return pa.schema(
         [
-            pa.field("id", pa.string(), nullable=False),
+            pa.field("id", pa.string(), nullable=False, metadata=PK_METADATA),
             pa.field("doc_id", pa.string(), nullable=False),
             pa.field("ordinal", pa.int32(), nullable=False),
             pa.field("text", pa.string()),
@@ -54,7 +58,7 @@ def chunk_schema(recipe: Recipe) -> pa.Schema:
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
-        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("chunk_id", pa.string(), nullable=False, metadata=PK_METADATA),
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("ordinal", pa.int32(), nullable=False),
         pa.field("text", pa.string()),
@@ -64,6 +68,7 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("error", pa.string(), nullable=False),
         pa.field("attempts", pa.int32(), nullable=False),
         pa.field("failed_at", UTC_US, nullable=False),
+        pa.field("error_type", pa.string()),
     ]
 )
 
@@ -82,13 +87,24 @@ class FailedItem:
     error: str
     attempts: int
     failed_at: datetime
+    error_type: str = ""
 
     @classmethod
-    def from_chunk(cls, chunk: Chunk, error: str, attempts: int, failed_at: datetime | None = None) -> FailedItem:
+    def from_chunk(
+        cls, chunk: Chunk, error: str, attempts: int, failed_at: datetime | None = None, error_type: str = ""
+    ) -> FailedItem:
         return cls(
             chunk.id, chunk.doc_id, chunk.ordinal, chunk.text, chunk.title, chunk.source,
-            chunk.content_hash, error, attempts, failed_at or datetime.now(timezone.utc),
+            chunk.content_hash, error, attempts, failed_at or datetime.now(timezone.utc), error_type,
         )
+
+    @classmethod
+    def of(cls, item) -> FailedItem:
+        """A FailedItem as is, or built from anything with `chunk`, `error`, `attempts`, `failed_at`
+        (and optionally `error_type`), such as `tasks.batcher.FailedItem`."""
+        if isinstance(item, cls):
+            return item
+        return cls.from_chunk(item.chunk, str(item.error), item.attempts, item.failed_at, getattr(item, "error_type", ""))
 
     def to_chunk(self, tokens: int = 0) -> Chunk:
         """The chunk to embed again (`tokens` is not stored; pass an estimate if the caller needs one)."""
@@ -161,18 +177,23 @@ def _open_or_none(db: lancedb.DBConnection, name: str):
         raise
 
 
+def _ensure_key(table, key: str):
+    """Make sure `key` is the declared primary key: without it concurrent upserts duplicate rows."""
+    if not any(k.startswith(b"lance-schema:unenforced-primary-key") for k in (table.schema.field(key).metadata or {})):
+        table.set_unenforced_primary_key(key)
+    return table
+
+
 def _open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: str):
     table = _open_or_none(db, name)
-    if table is not None:
-        return table
-    try:
-        table = db.create_table(name, schema=schema)
-    except ValueError as exc:
-        if "already exists" not in str(exc):
-            raise
-        return db.open_table(name)  # another writer created it first
-    table.set_unenforced_primary_key(key)
-    return table
+    if table is None:
+        try:
+            table = db.create_table(name, schema=schema)
+        except ValueError as exc:
+            if "already exists" not in str(exc):
+                raise
+            table = db.open_table(name)  # another writer created it first
+    return _ensure_key(table, key)
 
 
 class VectorStore:
@@ -227,6 +248,8 @@ class VectorStore:
                 f"index into a new table name (--table) or pass --rebuild to re-embed everything",
                 table=name, stored=stored_text, wanted=recipe.to_json() if recipe else None,
             )
+        if recipe is not None:
+            _ensure_key(table, "id")
         return cls(db, name, table, stored_recipe, policy or IndexPolicy())
 
     # -- reading what is indexed -------------------------------------------------------------
@@ -243,7 +266,7 @@ class VectorStore:
                 yield from map(ChunkKey, ids, docs, hashes)
 
     def existing_hashes(self, doc_ids: Iterable[str] | None = None) -> dict[str, str]:
-        """Chunk id -> content hash of what is indexed; about 150 bytes per row (30 MB at 200k rows)."""
+        """Chunk id -> content hash of what is indexed; about 210 bytes per row (43 MB at 200k rows)."""
         return {key.id: key.content_hash for key in self.iter_chunk_keys(doc_ids)}
 
     def doc_ids(self) -> set[str]:
@@ -305,12 +328,18 @@ class VectorStore:
             )
         return self._dead
 
-    def record_failures(self, items: Sequence[FailedItem]) -> int:
-        """Store failed chunks (replacing an earlier failure of the same chunk); returns rows written."""
+    def record_failures(self, items: Sequence) -> int:
+        """Store failed chunks (replacing an earlier failure of the same chunk); returns rows written.
+
+        Items are FailedItem or anything `FailedItem.of` accepts (the batcher's failure records).
+        """
         if not items:
             return 0
         fields = [f.name for f in DEAD_LETTER_SCHEMA]
-        data = pa.Table.from_pylist([{f: getattr(item, f) for f in fields} for item in items], schema=DEAD_LETTER_SCHEMA)
+        latest = {item.chunk_id: item for item in map(FailedItem.of, items)}  # one row per key per merge
+        data = pa.Table.from_pylist(
+            [{f: getattr(item, f) for f in fields} for item in latest.values()], schema=DEAD_LETTER_SCHEMA
+        )
         result = (
             self._dead_letters(create=True)
             .merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(data)

@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+
+from tasks.chunk import Chunk
+from tasks.errors import ConfigError, StoreError
+from tasks.recipe import Recipe
+from tasks.search import Hit, IndexPolicy, explain_vector_search
+from tasks.store import VectorStore, rows_from
+
+DIM = 32
+WORDS = ["protein", "galaxy", "river", "vaccine", "neuron", "glacier", "enzyme", "comet"]
+
+
+def corpus(n=400, seed=5):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [
+        Chunk(f"doc{i}#0", f"doc{i}", 0, f"a note on the {WORDS[i % len(WORDS)]} number {i}", f"Title {i}", "c.jsonl", 8, f"h{i}")
+        for i in range(n)
+    ]
+    return chunks, vectors
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory):
+    """400 rows with a vector index forced by a low threshold, plus the full-text index."""
+    path = str(tmp_path_factory.mktemp("search"))
+    store = VectorStore.open(path, "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=100, nprobes=50, refine_factor=50))
+    chunks, vectors = corpus()
+    store.upsert(rows_from(chunks[:200], vectors[:200]))
+    store.upsert(rows_from(chunks[200:], vectors[200:]))
+    report = store.finalize()
+    return store, vectors, report
+
+
+def test_finalize_builds_vector_and_text_indexes_on_a_big_enough_table(indexed):
+    store, _, report = indexed
+    assert (report.rows, report.vector_index, report.fts_index) == (400, "created", "created")
+    assert (report.fragments_before, report.fragments_after) == (2, 1)
+    kinds = {i.columns[0]: i.index_type for i in store.table.list_indices()}
+    assert kinds == {"vector": "IvfRq", "text": "FTS"}
+    vector_index = store.table.index_stats("vector_idx")
+    assert (vector_index.index_type, vector_index.distance_type) == ("IVF_RQ", "dot")
+    again = store.finalize()
+    assert (again.vector_index, again.fts_index) == ("kept", "kept")
+
+
+def test_small_table_gets_only_the_text_index(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=1_000))
+    chunks, vectors = corpus(50)
+    store.upsert(rows_from(chunks, vectors))
+    report = store.finalize()
+    assert (report.vector_index, report.fts_index) == ("none", "created")
+    assert [i.index_type for i in store.table.list_indices()] == ["FTS"]
+
+
+def test_vector_search_returns_exact_neighbours_with_cosine_scores(indexed):
+    store, vectors, _ = indexed
+    for q in (3, 250, 399):
+        query = vectors[q] + 0.05 * np.random.default_rng(q).normal(size=DIM).astype(np.float32)
+        query /= np.linalg.norm(query)
+        hits = store.search(query, k=5)
+        sims = vectors @ query
+        expected = np.argsort(-sims)[:5]
+        assert [h.id for h in hits] == [f"doc{i}#0" for i in expected]
+        assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+        np.testing.assert_allclose([h.score for h in hits], sims[expected], atol=1e-3)
+        assert hits[0].kind == "cosine"
+        assert hits[0].title == f"Title {expected[0]}"
+
+
+def test_queries_use_the_index_with_its_distance_type(indexed):
+    # A query with another distance type than the index silently searches by brute force.
+    store, vectors, _ = indexed
+    plan = explain_vector_search(store.table, vectors[0], 10, store.policy)
+    assert "ANNSubIndex" in plan
+    assert "metric=Dot" in plan
+
+
+def test_hybrid_fuses_vector_and_text_hits(indexed):
+    store, vectors, _ = indexed
+    # doc 11 is the vector's nearest neighbour; "glacier" appears only in docs i % 8 == 5
+    hits = store.search(vectors[11], k=10, text="glacier", hybrid=True)
+    assert {h.kind for h in hits} == {"rrf"}
+    assert len(hits) == 10
+    assert hits[0].id == "doc11#0"
+    assert any("glacier" in h.text for h in hits)
+    assert hits == sorted(hits, key=lambda h: -h.score)
+
+
+def test_text_only_search_uses_bm25(indexed):
+    store, _, _ = indexed
+    hits = store.search(None, k=5, text="comet")
+    assert len(hits) == 5
+    assert all("comet" in h.text and h.kind == "bm25" for h in hits)
+
+
+def test_rows_written_after_finalize_are_found_before_the_next_one(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=100))
+    chunks, vectors = corpus(150)
+    store.upsert(rows_from(chunks[:140], vectors[:140]))
+    store.finalize()
+    late = Chunk("late#0", "late", 0, "a platypus appears", "", "s", 3, "x")
+    store.upsert(rows_from([late], vectors[140:141]))
+    assert store.search(vectors[140], k=1)[0].id == "late#0"
+    assert [h.id for h in store.search(None, k=3, text="platypus")] == ["late#0"]
+
+
+def test_search_guards(tmp_path, indexed):
+    store, vectors, _ = indexed
+    with pytest.raises(ConfigError) as info:
+        store.search(np.ones(DIM + 1, dtype=np.float32))
+    assert (info.value.got, info.value.expected) == (DIM + 1, DIM)
+    with pytest.raises(ConfigError):
+        store.search(vectors[0], hybrid=True)
+    with pytest.raises(ConfigError):
+        store.search(vectors[0], k=0)
+    bare = VectorStore.open(str(tmp_path), "bare", Recipe(dimensions=DIM))
+    chunks, vectors = corpus(10)
+    bare.upsert(rows_from(chunks, vectors))
+    with pytest.raises(StoreError) as info:
+        bare.search(vectors[0], text="protein", hybrid=True)
+    assert info.value.table == "bare"
+
+
+def test_snippet_cuts_at_a_word_and_flattens_lines():
+    hit = Hit(1, 0.9, "cosine", "a#0", "a", 0, "t", "alpha beta\n\ngamma " * 40, "s")
+    snippet = hit.snippet(50)
+    assert "\n" not in snippet
+    assert snippet.endswith(" …")
+    assert len(snippet) <= 52
+    assert Hit(1, 0.9, "cosine", "a#0", "a", 0, "t", "short", "s").snippet() == "short"

@@ -1,0 +1,312 @@
+import pickle
+import threading
+from datetime import datetime, timezone
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tasks.chunk import Chunk
+from tasks.errors import RecipeMismatchError, StoreError
+from tasks.recipe import Recipe
+from tasks.search import IndexPolicy
+from tasks.store import (
+    DEAD_LETTER_SUFFIX,
+    RECIPE_KEY,
+    FailedItem,
+    GroupWriter,
+    VectorStore,
+    chunk_schema,
+    rows_from,
+)
+
+DIM = 16
+RECIPE = Recipe(dimensions=DIM)
+
+
+def make_chunks(n, doc_prefix="d", start=0, text="some text"):
+    return [
+        Chunk(f"{doc_prefix}{i}#0", f"{doc_prefix}{i}", 0, f"{text} {i}", f"title {i}", "src.jsonl", 3, f"h{i}")
+        for i in range(start, start + n)
+    ]
+
+
+def unit(n, seed=0):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def all_ids(store):
+    return store.table.search().select(["id"]).to_arrow().column("id").to_pylist()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return VectorStore.open(str(tmp_path), "idx", RECIPE)
+
+
+# -- schema, key and recipe ------------------------------------------------------------------
+
+
+def test_schema_key_and_recipe_survive_upsert_delete_optimize_and_indexes(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", RECIPE, policy=IndexPolicy(min_rows=50))
+    chunks = make_chunks(120)
+    store.upsert(rows_from(chunks, unit(120)))
+    store.upsert(rows_from(chunks[:10], unit(10, seed=1)))
+    store.delete_chunks(["d0#0"])
+    report = store.finalize()
+    assert (report.vector_index, report.fts_index) == ("created", "created")
+
+    reopened = lancedb.connect(str(tmp_path)).open_table("idx")
+    schema = reopened.schema
+    assert Recipe.from_json(schema.metadata[RECIPE_KEY.encode()].decode()) == RECIPE
+    assert schema.field("id").nullable is False
+    assert b"lance-schema:unenforced-primary-key:position" in schema.field("id").metadata
+    assert schema.field("vector").type == pa.list_(pa.float32(), DIM)
+    assert schema.field("ordinal").type == pa.int32()
+    assert schema.field("indexed_at").type == pa.timestamp("us", tz="UTC")
+    assert schema.names == ["id", "doc_id", "ordinal", "text", "title", "source", "content_hash", "vector", "indexed_at"]
+    assert reopened.count_rows() == 119
+
+
+def test_writer_open_declares_a_missing_primary_key(tmp_path):
+    schema = chunk_schema(RECIPE)
+    bare = pa.schema([f.remove_metadata() for f in schema], metadata=schema.metadata)
+    lancedb.connect(str(tmp_path)).create_table("old", schema=bare)
+    VectorStore.open(str(tmp_path), "old")  # a reader leaves the table alone
+    assert not lancedb.connect(str(tmp_path)).open_table("old").schema.field("id").metadata
+    VectorStore.open(str(tmp_path), "old", RECIPE)
+    field = lancedb.connect(str(tmp_path)).open_table("old").schema.field("id")
+    assert b"lance-schema:unenforced-primary-key:position" in field.metadata
+
+
+def test_other_recipe_is_refused_with_facts(tmp_path):
+    VectorStore.open(str(tmp_path), "idx", RECIPE)
+    wanted = Recipe(dimensions=DIM, send_title=False)
+    with pytest.raises(RecipeMismatchError) as info:
+        VectorStore.open(str(tmp_path), "idx", wanted)
+    err = pickle.loads(pickle.dumps(info.value))
+    assert err.table == "idx"
+    assert Recipe.from_json(err.stored) == RECIPE
+    assert Recipe.from_json(err.wanted) == wanted
+    assert "--rebuild" in str(err)
+
+
+def test_table_without_recipe_is_refused(tmp_path):
+    lancedb.connect(str(tmp_path)).create_table("foreign", schema=pa.schema([pa.field("id", pa.string())]))
+    with pytest.raises(RecipeMismatchError) as info:
+        VectorStore.open(str(tmp_path), "foreign", RECIPE)
+    assert info.value.stored is None
+
+
+def test_rebuild_drops_rows_and_dead_letters_and_stores_new_recipe(tmp_path, store):
+    store.upsert(rows_from(make_chunks(5), unit(5)))
+    store.record_failures([FailedItem.from_chunk(make_chunks(1, "x")[0], "400 bad", 1)])
+    new = Recipe(dimensions=DIM * 2)
+    rebuilt = VectorStore.open(str(tmp_path), "idx", new, rebuild=True)
+    assert rebuilt.count_rows() == 0
+    assert rebuilt.dead_letters() == []
+    assert VectorStore.open(str(tmp_path), "idx").recipe == new
+
+
+def test_query_open_adopts_recipe_and_missing_table_is_an_error(tmp_path, store):
+    assert VectorStore.open(str(tmp_path), "idx").recipe == RECIPE
+    with pytest.raises(StoreError) as info:
+        VectorStore.open(str(tmp_path), "nope", RECIPE, create=False)
+    assert info.value.table == "nope"
+
+
+# -- upserts -----------------------------------------------------------------------------------
+
+
+def test_upsert_is_idempotent_and_replaces_by_id(store):
+    chunks = make_chunks(30)
+    assert store.upsert(rows_from(chunks, unit(30))) == 30
+    assert store.upsert(rows_from(chunks, unit(30))) == 30
+    changed = [Chunk(c.id, c.doc_id, 0, "new text", c.title, c.source, 2, "new-hash") for c in chunks[:3]]
+    store.upsert(rows_from(changed, unit(3, seed=9)))
+    ids = all_ids(store)
+    assert len(ids) == len(set(ids)) == 30
+    hashes = store.existing_hashes()
+    assert [hashes[c.id] for c in chunks[:4]] == ["new-hash", "new-hash", "new-hash", "h3"]
+
+
+def test_upsert_refuses_repeated_ids_and_wrong_dimensions(store):
+    chunks = make_chunks(2)
+    with pytest.raises(StoreError) as info:
+        store.upsert(rows_from([chunks[0], chunks[0]], unit(2)))
+    assert info.value.rows == 2
+    with pytest.raises(StoreError) as info:
+        store.upsert(rows_from(chunks, np.ones((2, DIM + 1), dtype=np.float32)))
+    assert info.value.wanted == str(pa.list_(pa.float32(), DIM))
+    with pytest.raises(StoreError) as info:
+        rows_from(chunks, unit(3))
+    assert info.value.chunks == 2
+    assert store.count_rows() == 0
+
+
+def test_concurrent_upserts_of_the_same_new_ids_leave_no_duplicates(tmp_path, store):
+    # The lancedb 0.40 trap: without the declared primary key this inserts hundreds of duplicates.
+    chunks = make_chunks(1_200)
+    vectors = unit(1_200)
+    handles = [VectorStore.open(str(tmp_path), "idx", RECIPE) for _ in range(3)]
+    errors = []
+
+    def write(handle):
+        try:
+            for start in range(0, 1_200, 200):
+                handle.upsert(rows_from(chunks[start : start + 200], vectors[start : start + 200]))
+        except Exception as exc:  # surfaced below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(h,)) for h in handles]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ids = all_ids(VectorStore.open(str(tmp_path), "idx", RECIPE))
+    assert len(ids) == 1_200
+    assert len(set(ids)) == 1_200
+
+
+# -- reading what is indexed -----------------------------------------------------------------------
+
+
+def test_existing_hashes_doc_ids_and_keys_by_document(store):
+    store.upsert(rows_from(make_chunks(4) + make_chunks(2, doc_prefix="e"), unit(6)))
+    assert store.doc_ids() == {"d0", "d1", "d2", "d3", "e0", "e1"}
+    assert store.existing_hashes(["d1", "e0", "missing"]) == {"d1#0": "h1", "e0#0": "h0"}
+    assert len(store.existing_hashes()) == 6
+    keys = sorted(store.iter_chunk_keys(["d2"]))
+    assert [(k.id, k.doc_id, k.content_hash) for k in keys] == [("d2#0", "d2", "h2")]
+
+
+# -- deletes -------------------------------------------------------------------------------------
+
+
+def test_delete_ids_with_quotes_and_sql_looking_text(store):
+    odd = ["it's#0", 'say "hi"#0', "back\\slash#0", "x' OR '1'='1#0", "ünï%_#0"]
+    chunks = [Chunk(i, i.rsplit("#", 1)[0], 0, "t", "", "s", 1, "h") for i in odd] + make_chunks(3)
+    store.upsert(rows_from(chunks, unit(len(chunks))))
+    assert store.delete_chunks(odd[:4]) == 4
+    assert sorted(all_ids(store)) == sorted(["ünï%_#0", "d0#0", "d1#0", "d2#0"])
+    assert store.delete_docs(["ünï%_", "d1"]) == 2
+    assert sorted(all_ids(store)) == ["d0#0", "d2#0"]
+
+
+def test_delete_in_batches_larger_than_one_filter(store, monkeypatch):
+    import tasks.store as store_module
+
+    monkeypatch.setattr(store_module, "ID_BATCH", 7)
+    store.upsert(rows_from(make_chunks(30), unit(30)))
+    assert store.delete_chunks(c.id for c in make_chunks(20)) == 20
+    assert store.count_rows() == 10
+
+
+# -- group writer ----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_group_writer_commits_by_size(store):
+    writer = GroupWriter(store, group_rows=10, group_seconds=60, clock=FakeClock())
+    chunks, vectors = make_chunks(25), unit(25)
+    committed = [writer.add(chunks[i : i + 5], vectors[i : i + 5]) for i in range(0, 25, 5)]
+    assert committed == [0, 10, 0, 10, 0]
+    assert store.count_rows() == 20
+    assert writer.buffered == 5
+    assert writer.flush() == 5
+    assert (store.count_rows(), writer.commits, writer.committed_rows) == (25, 3, 25)
+
+
+def test_group_writer_commits_by_age_of_first_buffered_row(store):
+    clock = FakeClock()
+    writer = GroupWriter(store, group_rows=1_000, group_seconds=5, clock=clock)
+    chunks, vectors = make_chunks(6), unit(6)
+    assert writer.add(chunks[:2], vectors[:2]) == 0
+    clock.now += 4.9
+    assert writer.add(chunks[2:4], vectors[2:4]) == 0
+    assert writer.commit_if_due() == 0
+    clock.now += 0.1
+    assert writer.commit_if_due() == 4
+    assert store.count_rows() == 4
+    clock.now += 4.0
+    assert writer.add(chunks[4:], vectors[4:]) == 0  # the clock restarts with the next buffered row
+
+
+def test_group_writer_loses_only_the_group_in_flight(tmp_path, store):
+    writer = GroupWriter(store, group_rows=10, clock=FakeClock())
+    chunks, vectors = make_chunks(14), unit(14)
+    writer.add(chunks, vectors)
+    writer.add(make_chunks(3, doc_prefix="late"), unit(3))
+    # no flush: the process "crashes" here
+    fresh = VectorStore.open(str(tmp_path), "idx", RECIPE)
+    assert fresh.count_rows() == 14
+
+
+def test_group_writer_deletes_stale_chunks_after_writing_and_dedups(store):
+    old = [Chunk(f"doc#{k}", "doc", k, f"old {k}", "", "s", 1, f"old{k}") for k in range(4)]
+    store.upsert(rows_from(old, unit(4)))
+    writer = GroupWriter(store, group_rows=100, clock=FakeClock())
+    new = [Chunk(f"doc#{k}", "doc", k, f"new {k}", "", "s", 1, f"new{k}") for k in range(2)]
+    writer.delete(["doc#2", "doc#3"])
+    writer.add(new, unit(2, seed=3))
+    writer.add(new[:1], unit(1, seed=4))  # resent after a retry: the later vector wins
+    assert store.existing_hashes() == {f"doc#{k}": f"old{k}" for k in range(4)}
+    assert writer.flush() == 2
+    assert store.existing_hashes() == {"doc#0": "new0", "doc#1": "new1"}
+    assert writer.deleted_rows == 2
+    row = store.table.search().where("id = 'doc#0'").select(["vector"]).to_arrow().to_pylist()[0]
+    np.testing.assert_allclose(row["vector"], unit(1, seed=4)[0])
+
+
+def test_group_writer_clears_dead_letters_of_indexed_chunks(store):
+    chunks = make_chunks(3)
+    store.record_failures([FailedItem.from_chunk(c, "503", 8) for c in chunks])
+    writer = GroupWriter(store, group_rows=100)
+    writer.add(chunks[:2], unit(2))
+    writer.flush()
+    assert [d.chunk_id for d in store.dead_letters()] == ["d2#0"]
+
+
+# -- dead letters ----------------------------------------------------------------------------------
+
+
+def test_dead_letters_round_trip_and_replace_by_chunk_id(tmp_path, store):
+    chunk = Chunk("it's#3", "it's", 3, "bad text", "T", "a.md", 9, "hh")
+    first = FailedItem.from_chunk(chunk, "400 INVALID_ARGUMENT", 1, datetime(2025, 1, 2, 3, 4, 5, 678901, timezone.utc))
+    other = FailedItem.from_chunk(make_chunks(1)[0], "timeout", 8, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    assert store.record_failures([first, other]) == 2
+    again = FailedItem.from_chunk(chunk, "400 again", 2, datetime(2025, 1, 3, tzinfo=timezone.utc))
+    store.record_failures([again])
+    items = VectorStore.open(str(tmp_path), "idx", RECIPE).dead_letters()
+    assert items == [other, again]
+    assert items[1].to_chunk() == Chunk("it's#3", "it's", 3, "bad text", "T", "a.md", 0, "hh")
+    assert lancedb.connect(str(tmp_path)).open_table("idx" + DEAD_LETTER_SUFFIX).count_rows() == 2
+    assert store.clear_dead_letters(["it's#3"]) == 1
+    assert [d.chunk_id for d in store.dead_letters()] == ["d0#0"]
+    assert store.stats().dead_letters == 1
+
+
+def test_dead_letters_accept_the_batchers_failure_records(store):
+    from tasks.batcher import FailedItem as BatcherFailure
+
+    chunk = make_chunks(1)[0]
+    when = datetime(2025, 5, 5, tzinfo=timezone.utc)
+    store.record_failures([BatcherFailure(chunk, "400 bad text", "BadRequestError", 3, when)])
+    assert store.dead_letters() == [FailedItem.from_chunk(chunk, "400 bad text", 3, when, "BadRequestError")]
+
+
+def test_no_dead_letter_table_until_needed(tmp_path, store):
+    assert store.dead_letters() == []
+    assert store.clear_dead_letters(["x"]) == 0
+    assert not any(name.endswith(DEAD_LETTER_SUFFIX) for name in lancedb.connect(str(tmp_path)).list_tables().tables)
