@@ -137,7 +137,9 @@ def write_modules() -> int:
                 chosen = [(n, o) for n, o in members if pick(o)]
                 if chosen:
                     lines += [f"## {heading}", ""]
-                    lines += [f"- `{signature(n, o) if pick is inspect.isroutine else n}`: {summary(o)}" for n, o in chosen]
+                    for n, o in chosen:
+                        label = signature(n, o) if pick is inspect.isroutine else n
+                        lines.append(f"- `{label}`: {summary(o)}")
                     lines.append("")
             path.write_text("\n".join(lines), encoding="utf-8")
         elif kind == "html":
@@ -232,7 +234,8 @@ def write_builtins() -> int:
             rows.append({"id": f"builtins.{name}", "title": f"{name} (built-in type)", "text": text})
         elif inspect.isroutine(obj):
             rows.append({"id": f"builtins.{name}", "title": signature(name, obj), "text": doc(obj)})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())]))
+    schema = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+    table = pa.Table.from_pylist(rows, schema=schema)
     pq.write_table(table, OUT / "builtins.parquet", compression="zstd")
     return len(rows)
 

@@ -212,7 +212,7 @@ async def serve_embeddings(emu: Emulator, request: Request, items: list[EmbedIte
     if fault == "wrong_count":
         vectors = vectors[:-1]
     if single:
-        return json_response({"embedding": {"values": vectors[0]}})
+        return json_response({"embedding": {"values": vectors[0]}} if vectors else {})
     return json_response({"embeddings": [{"values": v} for v in vectors]})
 
 

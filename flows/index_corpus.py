@@ -91,7 +91,7 @@ def _api_key_from_environment() -> str | None:
 
 @flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False)
 async def index_corpus(
-    corpus: str = "data",
+    corpus: str = "data/corpus",
     table: str = "corpus",
     db_uri: str = ".indexflow/lancedb",
     mode: Literal["online", "batch", "auto"] = "online",

@@ -3,6 +3,7 @@
 The rules (changing any of them changes chunk texts: bump `CHUNKER_VERSION` in tasks/recipe.py):
   1. Normalize: line endings to "\\n"; runs of spaces and tabs inside a line to one space;
      lines stripped; blank-line runs to one paragraph break "\\n\\n"; single line breaks kept.
+     The title's whitespace runs collapse to one space.
   2. A document whose normalized text fits in `max_tokens` (by `estimate_tokens`) is one chunk.
   3. Otherwise the text is cut into words (runs of non-space), and any word too big for a chunk
      into fragments of at most min(32, max_tokens) characters. Each cut point has a rank:
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from tasks.corpus import Document
+from tasks.errors import ConfigError
 from tasks.recipe import Recipe
 from tasks.tokens import CHARS_PER_TOKEN, count_pieces, estimate_tokens
 
@@ -64,7 +66,11 @@ def normalize_text(text: str) -> str:
 def chunk_document(doc: Document, recipe: Recipe, *, max_tokens: int, overlap_tokens: int) -> list[Chunk]:
     """The chunks of one document, in order, each within `max_tokens` by `estimate_tokens`."""
     if max_tokens < 1 or overlap_tokens < 0:
-        raise ValueError(f"max_tokens must be >= 1 and overlap_tokens >= 0, got {max_tokens} and {overlap_tokens}")
+        raise ConfigError(
+            f"max_tokens must be >= 1 and overlap_tokens >= 0, got {max_tokens} and {overlap_tokens}",
+            max_tokens=max_tokens,
+            overlap_tokens=overlap_tokens,
+        )
     text = normalize_text(doc.text)
     title = " ".join(doc.title.split())
     if not text:

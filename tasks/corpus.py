@@ -2,13 +2,15 @@
 
 `read_corpus` streams: files are visited one at a time, JSONL line by line, Parquet and CSV in
 Arrow record batches, so memory does not grow with the corpus. The one thing kept for the whole
-run is the set of document ids already seen (to report duplicates); ids are short strings, so
-this costs tens of bytes per document, not per byte of text.
+run is the set of document ids already seen (to report duplicates): about 100 bytes per
+document, never the text.
 
-Bad input never stops a run: it is handed to `on_problem` as an `InputError` with `source` (the
-file), `line` (line of a JSONL file, 1-based record number of a CSV or Parquet file, or None) and
-`reason`, one of `REASONS`, and skipped. Only a problem with the corpus as a whole (missing path,
-unknown format, a CSV/Parquet corpus without the text column) raises `ConfigError`.
+Bad input never stops a run: it is handed to `on_problem` as an `InputError` and skipped. Its
+facts: `source` (the file), `line` (line of a JSONL file, 1-based record number of a CSV or
+Parquet file, or None), `reason` (one of `REASONS`) and `doc_id` (the document's id when it is
+known — a text file, a record whose id was read — so the caller can keep that document's old
+rows; else None). Only a problem with the corpus as a whole (missing path, unknown format, a
+CSV/Parquet corpus without the id or text column) raises `ConfigError`.
 
 Directory trees: `.txt .md .markdown .rst .html .htm` files are one document each, id = path
 relative to the corpus root (posix). `.jsonl .ndjson .parquet .csv` files inside the tree are read
@@ -87,22 +89,22 @@ class _Run:
         self._on_problem = on_problem
         self._seen: set[str] = set()
 
-    def problem(self, source: str, line: int | None, reason: str, what: str) -> None:
+    def problem(self, source: str, line: int | None, reason: str, what: str, doc_id: str | None = None) -> None:
         where = f"{source}:{line}" if line is not None else source
-        self._on_problem(InputError(f"{where}: {what}", source=source, line=line, reason=reason))
+        error = InputError(f"{where}: {what}", source=source, line=line, reason=reason, doc_id=doc_id)
+        self._on_problem(error)
 
     def accept(self, doc: Document, source: str, line: int | None) -> Document | None:
         """Check what every reader needs of a document; report and drop it otherwise."""
         if not doc.text.strip():
-            self.problem(source, line, "empty", f"document {doc.id!r} has empty text; skipped")
+            self.problem(source, line, "empty", f"document {doc.id!r} has empty text; skipped", doc.id)
             return None
         if "\x00" in doc.text:
-            self.problem(source, line, "binary", f"document {doc.id!r} contains NUL characters; skipped")
+            self.problem(source, line, "binary", f"document {doc.id!r} contains NUL characters; skipped", doc.id)
             return None
         if doc.id in self._seen:
-            self.problem(
-                source, line, "duplicate_id", f"duplicate document id {doc.id!r}; the first one is kept, this one skipped"
-            )
+            what = f"duplicate document id {doc.id!r}; the first one is kept, this one skipped"
+            self.problem(source, line, "duplicate_id", what)
             return None
         self._seen.add(doc.id)
         return doc
@@ -117,7 +119,12 @@ def read_corpus(
     text_field: str = "text",
     on_problem: ProblemHandler,
 ) -> Iterator[Document]:
-    """Stream the documents of a directory tree or a JSONL/Parquet/CSV file; bad items go to `on_problem`."""
+    """Stream the documents of a directory tree or a JSONL/Parquet/CSV file; bad items go to `on_problem`.
+
+    Raises ConfigError at once for a missing path, an unknown format, or a Parquet/CSV corpus that
+    lacks the id or text column (so a wrong --text-field fails before the run starts); reading
+    happens as the result is iterated.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(
@@ -128,10 +135,8 @@ def read_corpus(
     if kind == "dir":
         return _read_tree(path, run)
     if kind == "file":
-        return _read_text_files([(path, path.name, str(path))], run)
-    # Check the columns now, so that a wrong --text-field fails before the run starts.
-    reader = {"jsonl": _read_jsonl, "parquet": _read_parquet, "csv": _read_csv}[kind]
-    return reader(path, str(path), "", run, top_level=True)
+        return _read_text_file(path, path.name, run)
+    return _READERS[kind](path, "", run, top_level=True)
 
 
 def _resolve_format(path: Path, format: str) -> str:
@@ -145,18 +150,18 @@ def _resolve_format(path: Path, format: str) -> str:
             return "file"
         raise ConfigError(
             f"{path}: cannot tell the corpus format from the suffix {suffix!r}; "
-            "pass --corpus-format jsonl|parquet|csv, or point at a directory",
+            "pass --format jsonl|parquet|csv, or point at a directory",
             path=str(path),
             format=format,
         )
     if format == "dir":
         if not path.is_dir():
-            raise ConfigError(f"{path}: --corpus-format dir needs a directory", path=str(path), format=format)
+            raise ConfigError(f"{path}: --format dir needs a directory", path=str(path), format=format)
         return "dir"
     if format in ("jsonl", "parquet", "csv"):
         if path.is_dir():
             raise ConfigError(
-                f"{path}: --corpus-format {format} needs a file, not a directory (use dir or auto)",
+                f"{path}: --format {format} needs a file, not a directory (use dir or auto)",
                 path=str(path),
                 format=format,
             )
@@ -173,10 +178,9 @@ def _read_tree(root: Path, run: _Run) -> Iterator[Document]:
     for file, rel in _walk(root, run):
         suffix = file.suffix.lower()
         if suffix in TEXT_SUFFIXES:
-            yield from _read_text_files([(file, rel, str(file))], run)
+            yield from _read_text_file(file, rel, run)
         elif suffix in DATA_FORMATS:
-            reader = {"jsonl": _read_jsonl, "parquet": _read_parquet, "csv": _read_csv}[DATA_FORMATS[suffix]]
-            yield from reader(file, str(file), rel + "/", run, top_level=False)
+            yield from _READERS[DATA_FORMATS[suffix]](file, rel + "/", run, top_level=False)
         else:
             log.debug("skipping %s: not a corpus file type", file)
 
@@ -197,31 +201,32 @@ def _walk(root: Path, run: _Run) -> Iterator[tuple[Path, str]]:
                 yield file, file.relative_to(root).as_posix()
 
 
-def _read_text_files(files: list[tuple[Path, str, str]], run: _Run) -> Iterator[Document]:
-    for file, doc_id, source in files:
-        text = _read_text(file, source, run)
-        if text is None:
-            continue
-        title, body = _title_and_body(file.suffix.lower(), text, file.stem)
-        doc = run.accept(Document(id=doc_id, title=title, text=body, source=source), source, None)
-        if doc is not None:
-            yield doc
+def _read_text_file(file: Path, doc_id: str, run: _Run) -> Iterator[Document]:
+    source = str(file)
+    text = _read_text(file, source, doc_id, run)
+    if text is None:
+        return
+    title, body = _title_and_body(file.suffix.lower(), text, file.stem)
+    doc = run.accept(Document(id=doc_id, title=title, text=body, source=source), source, None)
+    if doc is not None:
+        yield doc
 
 
-def _read_text(file: Path, source: str, run: _Run) -> str | None:
+def _read_text(file: Path, source: str, doc_id: str, run: _Run) -> str | None:
     try:
         data = file.read_bytes()
     except OSError as error:
-        run.problem(source, None, "unreadable", f"cannot read file: {error.strerror or error}")
+        run.problem(source, None, "unreadable", f"cannot read file: {error.strerror or error}", doc_id)
         return None
     if b"\x00" in data:
-        run.problem(source, None, "binary", "file contains NUL bytes; it is not text")
+        run.problem(source, None, "binary", "file contains NUL bytes; it is not text", doc_id)
         return None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        run.problem(source, line, "encoding", f"not valid UTF-8 (byte {error.start}); convert the file to UTF-8")
+        what = f"not valid UTF-8 (byte {error.start}); convert the file to UTF-8"
+        run.problem(source, line, "encoding", what, doc_id)
         return None
 
 
@@ -334,7 +339,10 @@ class _HTMLText(HTMLParser):
     def _flush(self) -> None:
         text = "".join(self._current)
         self._current = []
-        text = "\n".join(line.rstrip() for line in text.strip("\n").splitlines()) if self._pre_depth else " ".join(text.split())
+        if self._pre_depth:
+            text = "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+        else:
+            text = " ".join(text.split())
         if text.strip():
             self._paragraphs.append(text)
 
@@ -367,53 +375,49 @@ def _record_document(
     source: str,
     line: int | None,
     prefix: str,
-    display: str,
 ) -> Document | None:
     """Turn one record into a Document, reporting the first thing wrong with it."""
     fields = run.fields
+    doc_id: str | None = None
+
+    def report(reason: str, what: str) -> None:
+        run.problem(source, line, reason, what, doc_id=doc_id)
+
     id_key = fields.id or next((k for k in DEFAULT_ID_FIELDS if k in record), None)
     if id_key is None or id_key not in record or record[id_key] is None:
         wanted = repr(fields.id) if fields.id else "'id' or '_id'"
-        run.problem(source, line, "missing_id", f"record has no {wanted} field (keys: {sorted(keys)}); pass --id-field NAME")
+        report("missing_id", f"record has no {wanted} field (keys: {sorted(keys)}); pass --id-field NAME")
         return None
-    raw_id = record[id_key]
-    if isinstance(raw_id, bytes):
-        raw_id = _decode(raw_id, run, source, line, "id")
-        if raw_id is None:
-            return None
+    raw_id = _decode(record[id_key], "id", report)
+    if raw_id is None:
+        return None
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or raw_id == "":
-        run.problem(source, line, "bad_id", f"record id {raw_id!r} is not a non-empty string or integer")
+        report("bad_id", f"record id {raw_id!r} is not a non-empty string or integer")
         return None
+    doc_id = prefix + str(raw_id)
     if fields.text not in record:
         hint = _text_field_hint(record, fields, id_key)
-        run.problem(
-            source,
-            line,
-            "missing_text",
-            f"record has no {fields.text!r} field (keys: {sorted(keys)}); pass --text-field {hint}",
-        )
+        report("missing_text", f"record has no {fields.text!r} field (keys: {sorted(keys)}); pass --text-field {hint}")
         return None
-    text = record[fields.text]
-    if isinstance(text, bytes):
-        text = _decode(text, run, source, line, fields.text)
-        if text is None:
-            return None
+    raw_text = record[fields.text]
+    text = _decode(raw_text, fields.text, report)
+    if isinstance(raw_text, bytes) and text is None:
+        return None  # not UTF-8: reported
     if not isinstance(text, str):
         kind = "null" if text is None else type(text).__name__
-        run.problem(source, line, "bad_text", f"field {fields.text!r} is {kind}, not a string")
+        report("bad_text", f"field {fields.text!r} is {kind}, not a string")
         return None
-    title = record.get(fields.title)
-    if isinstance(title, bytes):
-        title = _decode(title, run, source, line, fields.title)
-        if title is None:
-            return None
+    raw_title = record.get(fields.title)
+    title = _decode(raw_title, fields.title, report)
+    if isinstance(raw_title, bytes) and title is None:
+        return None
     if title is None:
         title = ""
     if not isinstance(title, str):
-        run.problem(source, line, "bad_title", f"field {fields.title!r} is {type(title).__name__}, not a string")
+        report("bad_title", f"field {fields.title!r} is {type(title).__name__}, not a string")
         return None
-    doc_source = f"{display}:{line}" if line is not None else display
-    return run.accept(Document(id=prefix + str(raw_id), title=title, text=text, source=doc_source), source, line)
+    doc_source = f"{source}:{line}" if line is not None else source
+    return run.accept(Document(id=doc_id, title=title, text=text, source=doc_source), source, line)
 
 
 def _text_field_hint(record: Mapping[str, object], fields: _Fields, id_key: str) -> str:
@@ -426,16 +430,19 @@ def _text_field_hint(record: Mapping[str, object], fields: _Fields, id_key: str)
     return max(candidates)[1] if candidates else "NAME"
 
 
-def _decode(value: bytes, run: _Run, source: str, line: int | None, field: str) -> str | None:
+def _decode(value: object, field: str, report: Callable[[str, str], None]) -> object:
+    """Bytes (from CSV) decoded as UTF-8, or None after reporting; any other value unchanged."""
+    if not isinstance(value, bytes):
+        return value
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError as error:
-        run.problem(source, line, "encoding", f"field {field!r} is not valid UTF-8 (byte {error.start})")
+        report("encoding", f"field {field!r} is not valid UTF-8 (byte {error.start})")
         return None
 
 
-def _read_jsonl(path: Path, display: str, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
-    source = display
+def _read_jsonl(path: Path, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
+    source = str(path)
     try:
         handle = open(path, "rb")
     except OSError as error:
@@ -462,7 +469,7 @@ def _read_jsonl(path: Path, display: str, prefix: str, run: _Run, *, top_level: 
                 if not isinstance(record, dict):
                     run.problem(source, line, "malformed", f"line is a JSON {type(record).__name__}, not an object")
                     continue
-                doc = _record_document(record, list(record), run, source, line, prefix, display)
+                doc = _record_document(record, list(record), run, source, line, prefix)
                 if doc is not None:
                     yield doc
         except OSError as error:
@@ -473,14 +480,14 @@ def _columns(names: list[str], run: _Run, source: str, top_level: bool) -> list[
     """The id, text and (if present) title columns to read; None after reporting a missing one."""
     fields = run.fields
     id_col = fields.id or next((n for n in DEFAULT_ID_FIELDS if n in names), None)
-    missing: list[tuple[str, str, str]] = []
+    missing: list[tuple[str, str]] = []
     if id_col is None or id_col not in names:
         wanted = repr(fields.id) if fields.id else "'id' or '_id'"
-        missing.append(("missing_id", f"no {wanted} column (columns: {names}); pass --id-field NAME", "id"))
+        missing.append(("missing_id", f"no {wanted} column (columns: {names}); pass --id-field NAME"))
     if fields.text not in names:
-        missing.append(("missing_text", f"no {fields.text!r} column (columns: {names}); pass --text-field NAME", "text"))
+        missing.append(("missing_text", f"no {fields.text!r} column (columns: {names}); pass --text-field NAME"))
     if missing:
-        reason, what, _ = missing[0]
+        reason, what = missing[0]
         if top_level:
             # The whole corpus would be skipped: this is a wrong setting, not a bad item.
             raise ConfigError(f"{source}: {what}", path=source, reason=reason, columns=names)
@@ -499,7 +506,7 @@ def _read_table(
     batches: Iterator[pa.RecordBatch],
     columns: list[str],
     names: list[str],
-    display: str,
+    source: str,
     prefix: str,
     run: _Run,
 ) -> Iterator[Document]:
@@ -508,27 +515,29 @@ def _read_table(
         for batch in batches:
             for record in _rows(batch, columns):
                 row += 1
-                doc = _record_document(record, names, run, display, row, prefix, display)
+                doc = _record_document(record, names, run, source, row, prefix)
                 if doc is not None:
                     yield doc
     except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
-        run.problem(display, row + 1, "unreadable", f"read failed after record {row}: {error}; rest of file skipped")
+        run.problem(source, row + 1, "unreadable", f"read failed after record {row}: {error}; rest of file skipped")
 
 
-def _read_parquet(path: Path, display: str, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
+def _read_parquet(path: Path, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
+    source = str(path)
     try:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
     except (pa.ArrowException, OSError) as error:
-        return _report_unreadable(run, display, f"cannot open Parquet file: {error}")
-    columns = _columns(names, run, display, top_level)
+        return _report_unreadable(run, source, f"cannot open Parquet file: {error}")
+    columns = _columns(names, run, source, top_level)
     if columns is None:
         return iter(())
     batches = parquet.iter_batches(batch_size=_BATCH_ROWS, columns=columns)
-    return _read_table(batches, columns, names, display, prefix, run)
+    return _read_table(batches, columns, names, source, prefix, run)
 
 
-def _read_csv(path: Path, display: str, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
+def _read_csv(path: Path, prefix: str, run: _Run, *, top_level: bool) -> Iterator[Document]:
+    source = str(path)
     # A Python file object, not a path: given a path, Arrow reads ahead as fast as the disk allows
     # and buffers most of the file; through a Python file it reads one block per batch.
     read_options = pa_csv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False)
@@ -541,15 +550,15 @@ def _read_csv(path: Path, display: str, prefix: str, run: _Run, *, top_level: bo
         ) as header:
             names = header.schema.names
     except (pa.ArrowException, OSError) as error:
-        return _report_unreadable(run, display, f"cannot read CSV file: {error}")
-    columns = _columns(names, run, display, top_level)
+        return _report_unreadable(run, source, f"cannot read CSV file: {error}")
+    columns = _columns(names, run, source, top_level)
     if columns is None:
         return iter(())
 
     def skip_row(row: pa_csv.InvalidRow) -> str:
         snippet = row.text if len(row.text) <= 80 else row.text[:77] + "..."
         run.problem(
-            display,
+            source,
             row.number,
             "malformed",
             f"CSV row has {row.actual_columns} columns, expected {row.expected_columns}: {snippet!r}",
@@ -568,9 +577,12 @@ def _read_csv(path: Path, display: str, prefix: str, run: _Run, *, top_level: bo
         ) as reader:
             yield from reader
 
-    return _read_table(batches(), columns, names, display, prefix, run)
+    return _read_table(batches(), columns, names, source, prefix, run)
 
 
-def _report_unreadable(run: _Run, display: str, what: str) -> Iterator[Document]:
-    run.problem(display, None, "unreadable", what)
+def _report_unreadable(run: _Run, source: str, what: str) -> Iterator[Document]:
+    run.problem(source, None, "unreadable", what)
     return iter(())
+
+
+_READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "csv": _read_csv}

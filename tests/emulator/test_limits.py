@@ -109,7 +109,7 @@ def test_duration_format_matches_protobuf_json():
 
 def test_concurrent_calls_over_the_cap_get_503(genai_client, emu):
     emu.admin.set_limits({"max_concurrent_calls": 1})
-    emu.admin.set_config(latency_base_ms=1500)
+    emu.admin.set_config(latency_base_ms=800)
     gate = emu.emulator.concurrency
 
     async def run() -> tuple[int, errors.ServerError]:

@@ -12,6 +12,7 @@ import pytest
 
 from tasks.chunk import Chunk, _split, chunk_document, chunk_documents, normalize_text
 from tasks.corpus import Document, read_corpus
+from tasks.errors import ConfigError
 from tasks.recipe import Recipe
 from tasks.tokens import estimate_tokens
 
@@ -53,7 +54,8 @@ def random_text(rng: random.Random) -> str:
 
 
 def test_short_document_is_one_chunk_with_all_fields() -> None:
-    document = Document(id="42", title="  The   title ", text="Some  text.\r\n\r\n\r\nMore\ttext.  ", source="c.jsonl:3")
+    text = "Some  text.\r\n\r\n\r\nMore\ttext.  "
+    document = Document(id="42", title="  The   title ", text=text, source="c.jsonl:3")
     (chunk,) = chunk_document(document, RECIPE, max_tokens=1024, overlap_tokens=64)
     assert chunk == Chunk(
         id="42#0",
@@ -153,14 +155,16 @@ def test_chunk_documents_streams_in_document_order() -> None:
 
 
 def test_bad_limits_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError) as raised:
         chunks_of("text", max_tokens=0)
+    assert raised.value.max_tokens == 0
 
 
 def test_scifact_documents_are_almost_all_one_chunk_at_the_defaults() -> None:
     problems = []
     per_doc: Counter[str] = Counter()
-    for chunk in chunk_documents(read_corpus(SCIFACT, on_problem=problems.append), RECIPE, max_tokens=1024, overlap_tokens=64):
+    docs = read_corpus(SCIFACT, on_problem=problems.append)
+    for chunk in chunk_documents(docs, RECIPE, max_tokens=1024, overlap_tokens=64):
         assert chunk.tokens <= 1024
         per_doc[chunk.doc_id] += 1
     with SCIFACT.open(encoding="utf-8") as lines:
