@@ -71,7 +71,9 @@ def _merge(model_cls, current, changes: dict[str, Any]):
 @router.get("/stats")
 async def get_stats(request: Request) -> Response:
     _require_loopback(request)
-    return json_response(request.app.state.emulator.stats.snapshot())
+    emu = request.app.state.emulator
+    emu.batches.refresh()  # jobs finish lazily; count the ones nobody has read since
+    return json_response(emu.stats.snapshot())
 
 
 @router.post("/reset")

@@ -58,7 +58,8 @@ class Emulator:
 
     def reset(self, jobs: bool = False) -> None:
         """Back to the startup config with empty stats, windows and faults; jobs and files too if asked."""
-        self.update_config(**dict(self.initial_config))
+        # a deep copy: batch counters such as fail_next_jobs are consumed in place
+        self.update_config(**dict(self.initial_config.model_copy(deep=True)))
         self.stats.reset()
         self.limits.reset()
         self.faults.set(rates=self.config.fault_rates, seed=self.config.seed, clear=True)

@@ -62,7 +62,7 @@ async def embed_online_task(settings: Settings, endpoint: Endpoint, total: int) 
     """The whole micro-batch pipeline in one task run; a transient stage failure is raised for a Prefect retry."""
     with Progress(settings.table, prefect=True) as progress:
         outcome = await run_online(settings, endpoint, on_progress=progress, total=total)
-        await progress.aclose(outcome.embed.chunks_embedded, total)
+        await progress.aclose(outcome.embed.embedded, total)
     if outcome.error is not None and getattr(outcome.error, "transient", True):
         raise outcome.error
     return outcome
@@ -167,7 +167,7 @@ def summarize(settings: Settings, label: str, outcome: OnlineOutcome, wall: floa
         table=settings.table, mode=settings.mode, endpoint=label.split(" (")[0], status=status,
         plan=outcome.plan, docs_failed=problems.count, chunks_embedded=outcome.committed_rows,
         chunks_deleted=outcome.deleted_rows, dead_lettered=outcome.dead_lettered,
-        api_calls=e.calls, tokens=e.tokens, rate_limited=e.rate_limited, retries=e.retries,
+        api_calls=e.calls, tokens=e.tokens_sent, rate_limited=e.rate_limited, retries=e.retries,
         wall_seconds=wall, problems=problems.samples, failures=outcome.failures,
         message=str(outcome.error) if outcome.error is not None else None,
     )

@@ -131,7 +131,9 @@ async def create_once(
 ) -> str:
     """Create a job at most once: after any transient failure, look it up by name before trying again.
 
-    Raises BadRequestError (the request is wrong as sent) or BatchJobError when attempts run out.
+    Raises the create's terminal error (e.g. BadRequestError: no job was made), BatchJobError with
+    state NOT_CREATED when attempts ran out (no job found after the last one), or BatchJobError with
+    state UNKNOWN when the look-up itself failed.
     """
     last: IndexflowError | None = None
     for attempt in range(1, attempts + 1):
@@ -142,7 +144,13 @@ async def create_once(
                 raise
             last = error
         # The create may have reached the server before the failure: never pay for it twice.
-        found = await find()
+        try:
+            found = await find()
+        except IndexflowError as error:
+            raise BatchJobError(
+                f"a batch job create failed ({last}) and looking it up failed too ({error}); whether it exists "
+                "is unknown, so its INTENT stays in the ledger for the next run to resolve",
+                job=None, state="UNKNOWN", transient=True) from None
         if found is not None:
             return found
         delay = getattr(last, "retry_after", None) if isinstance(last, RateLimitedError) else None

@@ -128,6 +128,11 @@ class EmbedStats:
 
 
 _END = object()
+DRAIN_SECONDS = 120.0  # most time a stopping run waits for calls already sent (the HTTP timeout bounds them)
+
+
+class _Stopped(Exception):
+    """Raised inside a worker instead of starting a call once the run is stopping."""
 
 
 def default_embed(client: Any, recipe: Recipe) -> EmbedFn:
@@ -201,6 +206,8 @@ class _Pipeline:
         self.size = options.texts_per_call
         self.stats = EmbedStats()
         self.settled = 0
+        self.stopping = False
+        self._protected: set[asyncio.Task] = set()  # workers with a call on the wire or a result to deliver
         n = options.concurrency
         self.chunk_q: asyncio.Queue = asyncio.Queue(maxsize=2 * self.size)
         self.batch_q: asyncio.Queue = asyncio.Queue(maxsize=n)
@@ -219,14 +226,14 @@ class _Pipeline:
         fatal: BaseException | None = None
         try:
             gathered = asyncio.gather(*upstream)
-            await asyncio.wait({gathered, writer}, return_when=asyncio.FIRST_EXCEPTION)
-            if writer.done() and writer.exception() is not None:
-                fatal = writer.exception()
-            elif gathered.done() and gathered.exception() is not None:
-                fatal = gathered.exception()
-            if fatal is not None:
+            await asyncio.wait({gathered, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():  # the writer ends early only by failing: nothing can be delivered any more
+                fatal = writer.exception() or RuntimeError("the embed writer stopped early")
                 for task in upstream:
                     task.cancel()
+            elif gathered.exception() is not None:
+                fatal = gathered.exception()
+                await self._stop(upstream)
             await asyncio.gather(*upstream, return_exceptions=True)
             if not writer.done():
                 # Let the writer hand over every finished batch before stopping.
@@ -245,6 +252,19 @@ class _Pipeline:
         if fatal is not None:
             raise fatal
         return self.stats
+
+    async def _stop(self, upstream: list[asyncio.Task]) -> None:
+        """After a fatal error: cancel what is idle or waiting, let calls already on the wire finish.
+
+        A call in flight was admitted (and is paid for); its result is still handed to the sink.
+        """
+        self.stopping = True
+        for task in upstream:
+            if task not in self._protected:
+                task.cancel()
+        _, pending = await asyncio.wait(upstream, timeout=DRAIN_SECONDS)
+        for task in pending:
+            task.cancel()
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -311,9 +331,16 @@ class _Pipeline:
         await self.batch_q.put(batch)
 
     async def _worker(self) -> None:
+        me = asyncio.current_task()
         while (batch := await self.batch_q.get()) is not _END:
             outcome = await self._embed_batch(batch)
-            await self.result_q.put(outcome)
+            self._protected.add(me)
+            try:
+                await self.result_q.put(outcome)
+            finally:
+                self._protected.discard(me)
+            if self.stopping:
+                return
 
     async def _embed_batch(self, batch: list[Chunk]) -> BatchOutcome[Chunk]:
         tokens = sum(c.tokens for c in batch)
@@ -336,15 +363,22 @@ class _Pipeline:
         generation = await self.concurrency.acquire()
         try:
             permit = await self.limiter.acquire(len(part), tokens)
-            self.stats.calls += 1
-            self.stats.texts_sent += len(part)
-            self.stats.tokens_sent += tokens
+            me = asyncio.current_task()
             try:
+                if self.stopping:
+                    raise _Stopped()
+                self.stats.calls += 1
+                self.stats.texts_sent += len(part)
+                self.stats.tokens_sent += tokens
+                self._protected.add(me)
                 raw = await self.embed(part)
             except IndexflowError as error:
                 self._count_error(error, generation)
+                if self.stopping:
+                    raise _Stopped() from None  # no retries once the run is stopping
                 raise
             finally:
+                self._protected.discard(me)
                 self.limiter.complete(permit)
             bad = find_bad_rows(raw)
             if bad:

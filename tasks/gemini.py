@@ -46,9 +46,6 @@ try:  # used instead when GOOGLE_GENAI_HTTP_CLIENT=httpx
 except ImportError:  # pragma: no cover
     _httpx = None
 
-_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = tuple(
-    cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.TransportError,)
-)
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.TimeoutException,)
 )

@@ -13,7 +13,8 @@ INTENT: recorded, create not (known to be) answered. CREATED: the job name is kn
 SUCCEEDED but its vectors are not committed yet. COLLECTED: vectors committed to the index.
 FAILED/EXPIRED/CANCELLED carry a `resolution` once the run dealt with them ("resubmitted",
 "online", "reported", "abandoned"); until then they are still open. A job is *live* while it may
-still produce vectors (INTENT, CREATED, RUNNING, DONE): its chunks are in flight.
+still produce vectors (INTENT, CREATED, RUNNING, DONE, no resolution): its chunks are in flight.
+An INTENT whose create never reached the server is closed with resolution "not_created".
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class JobRecord:
     @property
     def live(self) -> bool:
         """The job may still produce vectors: its chunks are in flight."""
-        return self.state in LIVE_STATES
+        return self.state in LIVE_STATES and self.resolution is None
 
     @property
     def open(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.batcher import EmbedStats, embed_chunks
+from tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, embed_chunks
 from tasks.chunk import Chunk, chunk_documents
 from tasks.errors import StoreError
 from tasks.corpus import read_corpus
@@ -93,11 +93,12 @@ async def run_online(settings: Settings, endpoint: Endpoint, *,
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
         await asyncio.to_thread(writer.add, chunks, vectors)
 
-    async def on_failed(items: list[FailedItem]) -> None:
+    async def on_failed(items: list[EmbedFailure]) -> None:
         nonlocal dead
         dead += len(items)
-        failures.extend(f"{i.chunk_id} ({i.source}): {i.error}" for i in items[: max(0, 20 - len(failures))])
-        await asyncio.to_thread(store.record_failures, items)
+        failures.extend(f"{i.chunk.id} ({i.chunk.source}): {i.error}" for i in items[: max(0, 20 - len(failures))])
+        rows = [FailedItem.from_chunk(i.chunk, i.error, i.attempts, i.failed_at) for i in items]
+        await asyncio.to_thread(store.record_failures, rows)
 
     client = make_client(endpoint)
     error: BaseException | None = None
@@ -105,7 +106,7 @@ async def run_online(settings: Settings, endpoint: Endpoint, *,
     try:
         stats = await embed_chunks(
             planner.select(corpus_chunks(settings, problems)),
-            client=client, settings=settings, sink=sink, on_failed=on_failed,
+            client=client, options=EmbedOptions.from_settings(settings), sink=sink, on_failed=on_failed,
             on_progress=on_progress, total=total,
         )
     except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide

@@ -112,8 +112,9 @@ async def embed_resolving(
 
     A 400 splits the batch in halves, each retried as its own call, down to single items.
     A bad response that names bad rows (non-finite or zero vectors) after all retries fails
-    those rows and embeds the rest in a new call. Other exhausted transient errors fail the
-    whole (sub-)batch. Terminal errors other than 400 propagate: they end the run.
+    those rows and embeds the rest in a new call. Everything else propagates and ends the stage:
+    terminal errors, and transient ones that outlasted their retries (an outage must not send
+    good chunks to the dead letters; the next attempt resumes from what was committed).
     """
     done_items: list[Item] = []
     done_vectors: list[np.ndarray] = []
@@ -148,13 +149,9 @@ async def embed_resolving(
                 failures.extend(Failure(part[i], error, attempts.get(id(part[i]), 0)) for i in sorted(bad))
                 await resolve([it for i, it in enumerate(part) if i not in bad])
                 return
-            failures.extend(Failure(it, error, attempts.get(id(it), 0)) for it in part)
-            return
-        except IndexflowError as error:
-            if not error.transient:
-                raise
-            failures.extend(Failure(it, error, attempts.get(id(it), 0)) for it in part)
-            return
+            # No row named: the whole answer was unusable (wrong count, malformed). Like any other
+            # transient error that outlasted its retries, that is an outage, not a bad item.
+            raise
         done_items.extend(part)
         done_vectors.append(vectors)
 

@@ -39,7 +39,7 @@ LOCK_DIR = ".indexflow-locks"
 # The server refuses leases under 60 s; the client renews at 75 % of the duration.
 LEASE_SECONDS = 60.0
 POLL_START = 0.1
-POLL_MAX = 2.0
+POLL_MAX = 1.0
 
 
 class TableBusyError(StoreError):

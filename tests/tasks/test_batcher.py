@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from emulator.config import EmulatorConfig
 from emulator.embedding import embed_texts
-from emulator.server import running_emulator
 from tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
 from tasks.chunk import Chunk
 from tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
@@ -190,17 +188,7 @@ def test_sink_error_stops_every_stage():
 # -- against the emulator --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_emulator(EmulatorConfig(hang_seconds=5.0)) as running:
-        yield running
-
-
-@pytest.fixture
-def emu(server):
-    server.admin.reset()
-    yield server
-    server.admin.reset()
+# `emu` (tests/conftest.py): the session's emulator, reset before each test.
 
 
 def client_for(emu, timeout: float = 10.0):

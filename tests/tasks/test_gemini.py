@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from emulator.config import EmulatorConfig
 from emulator.embedding import embed_texts
-from emulator.server import running_emulator
 from tasks.errors import (
     AuthError,
     BadRequestError,
@@ -30,17 +28,7 @@ TEXTS = ["Aspirin lowers the risk of stroke.", "Vitamin D and bone density in ad
 TITLES = ["Cardiology notes", "Nutrition", None]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_emulator(EmulatorConfig(hang_seconds=5.0)) as running:
-        yield running
-
-
-@pytest.fixture
-def emu(server):
-    server.admin.reset()
-    yield server
-    server.admin.reset()
+# `emu` (tests/conftest.py): the session's emulator, reset before each test.
 
 
 def client_for(emu, *, key: str | None = None, timeout: float = 10.0):

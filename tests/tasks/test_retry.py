@@ -182,11 +182,12 @@ def test_bad_rows_after_retries_fail_only_those_rows():
     assert embedder.calls[-1] == [1, 3]
 
 
-def test_exhausted_transient_errors_dead_letter_the_whole_batch():
+def test_exhausted_transient_errors_end_the_stage_instead_of_dead_lettering():
+    # An outage must not send good chunks to the dead letters: the stage fails, the next attempt resumes.
     embedder = FakeEmbedder(transient_failures=100)
-    outcome = resolve([1, 2], embedder, max_attempts=4)
-    assert outcome.items == []
-    assert [(f.item, f.attempts) for f in outcome.failures] == [(1, 4), (2, 4)]
+    with pytest.raises(TransientAPIError):
+        resolve([1, 2], embedder, max_attempts=4)
+    assert len(embedder.calls) == 4
 
 
 def test_terminal_errors_other_than_400_propagate():

@@ -1,0 +1,464 @@
+"""The Batch API route against the emulator through the real SDK; the emulator's stats are the evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google import genai
+from google.genai import types
+from pydantic import SecretStr
+
+from emulator.config import BatchConfig, EmulatorConfig
+from emulator.server import RunningEmulator, running_emulator
+from tasks.batch_jobs import BatchOptions, cancel_live_jobs, choose_route, run_batch
+from tasks.batch_results import parse_status, poll_interval
+from tasks.batch_submit import jsonl_input
+from tasks.batcher import EmbedOptions, embed_chunks
+from tasks.errors import BatchJobError, ConfigError
+from tasks.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
+from tasks.online import corpus_chunks, make_planner, open_store
+from tasks.gemini import make_client
+from tasks.problems import ProblemLog
+from tasks.settings import Endpoint, Settings
+from tasks.store import GroupWriter, VectorStore
+
+REPO = Path(__file__).resolve().parents[2]
+SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+FAST = {"pending_seconds": 0.05, "running_seconds": 0.3}
+OPTS = BatchOptions(poll_seconds=0.02)
+
+pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_emulator(EmulatorConfig(batch=BatchConfig(**FAST))) as running:
+        yield running
+
+
+@pytest.fixture
+def emu(server: RunningEmulator) -> RunningEmulator:
+    server.admin.reset(jobs=True)
+    return server
+
+
+@pytest.fixture
+def endpoint(emu: RunningEmulator) -> Endpoint:
+    return Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url)
+
+
+@pytest.fixture(scope="module")
+def corpus_300(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "scifact300.jsonl"
+    with SCIFACT.open() as src:
+        path.write_text("".join(line for _, line in zip(range(300), src)))
+    return path
+
+
+def settings_for(corpus: Path, tmp_path: Path, table: str = "b", **kw) -> Settings:
+    return Settings(corpus=corpus, db_uri=str(tmp_path / "db"), table=table, **kw)
+
+
+def rows(settings: Settings) -> dict[str, tuple]:
+    store = VectorStore.open(settings.db_uri, settings.table, create=False)
+    data = store.table.to_arrow().to_pylist()
+    assert len({r["id"] for r in data}) == len(data), "duplicate ids"
+    return {r["id"]: (r["content_hash"], r["text"], r["title"], np.asarray(r["vector"], np.float32)) for r in data}
+
+
+def online_index(settings: Settings, endpoint: Endpoint) -> None:
+    """The online route's store path (planner -> embed_chunks -> GroupWriter), the reference table."""
+
+    async def go():
+        store = open_store(settings)
+        planner = make_planner(store, settings)
+        writer = GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)
+
+        async def sink(chunks, vectors):
+            await asyncio.to_thread(writer.add, chunks, vectors)
+
+        async def failed(items):
+            raise AssertionError(f"online reference failed: {items[:1]}")
+
+        await embed_chunks(planner.select(corpus_chunks(settings, ProblemLog())), client=make_client(endpoint),
+                           options=EmbedOptions.from_settings(settings), sink=sink, on_failed=failed)
+        writer.flush()
+
+    asyncio.run(go())
+
+
+def batch(settings, endpoint, opts=OPTS, **kw):
+    # A wait limit, so a job that never finishes fails the test ("waiting") instead of hanging it.
+    kw.setdefault("wait_limit_seconds", 30)
+    return asyncio.run(run_batch(settings, endpoint, options=opts, **kw))
+
+
+def ledger_of(settings) -> Ledger:
+    return Ledger.open(settings.db_uri, settings.table)
+
+
+# -- route choice and polling arithmetic ------------------------------------------------------
+
+
+def test_choose_route_by_mode_threshold_and_deadline():
+    assert choose_route("online", 10**6) == "online" and choose_route("batch", 1) == "batch"
+    assert choose_route("auto", 500, threshold=500) == "online"
+    assert choose_route("auto", 501, threshold=500) == "batch"
+    assert choose_route("auto", 5_000, threshold=500, deadline_seconds=60) == "online"
+    assert choose_route("auto", 5_000, threshold=500, deadline_seconds=60, turnaround_seconds=30) == "batch"
+    assert choose_route("auto", 5_000, threshold=500, deadline_seconds=24 * 3600) == "batch"
+    with pytest.raises(ConfigError):
+        choose_route("fast", 1)
+
+
+def test_poll_interval_grows_with_size_and_backs_off():
+    assert poll_interval(50, 0) == 2.0 and poll_interval(500, 0) == 5.0
+    assert poll_interval(5_000, 0) == 10.0 and poll_interval(50_000, 0) == 30.0
+    assert poll_interval(50, 1) == 3.0 and poll_interval(50, 10) == 5.0  # capped
+    assert poll_interval(50_000, 10) == 60.0
+    assert poll_interval(10**6, 3, configured=0.1) == pytest.approx(0.3375)
+
+
+def test_parse_status_reads_string_counts_and_omitted_zeros():
+    status = parse_status({"name": "batches/x", "done": False, "metadata": {
+        "state": "BATCH_STATE_RUNNING", "displayName": "d",
+        "batchStats": {"requestCount": "200", "successfulRequestCount": "150", "pendingRequestCount": "50"}}})
+    assert (status.state, status.requests, status.succeeded, status.failed, status.pending) == ("RUNNING", 200, 150, 0, 50)
+    assert status.settled == 150 and status.display_name == "d" and not status.done
+
+
+# -- the route end to end -----------------------------------------------------------------------
+
+
+def test_batch_run_equals_online_run_row_for_row_and_books_batch_tokens(emu, endpoint, corpus_300, tmp_path):
+    online = settings_for(corpus_300, tmp_path, "online")
+    online_index(online, endpoint)
+    emu.admin.reset()
+    batched = settings_for(corpus_300, tmp_path, "batched")
+    out = batch(batched, endpoint, BatchOptions(poll_seconds=0.02, max_items_per_job=120))
+    stats = emu.admin.stats()
+
+    assert out.status == "completed" and out.error is None
+    assert out.jobs_created == 3 == stats["batches.created"]  # 300 chunks in parts of 120
+    assert stats.get("tokens.batch", 0) > 0 and stats.get("tokens.online", 0) == 0 and stats.get("calls", 0) == 0
+    a, b = rows(online), rows(batched)
+    assert a.keys() == b.keys() and len(b) == out.committed_rows == out.chunks_embedded_batch
+    for chunk_id, (h, text, title, vector) in a.items():
+        assert b[chunk_id][:3] == (h, text, title)
+        np.testing.assert_array_equal(b[chunk_id][3], vector)
+    assert out.batch_tokens > 0 and out.online_tokens == 0
+    assert out.batch_cost_usd == pytest.approx(out.online_equivalent_cost_usd / 2)
+    assert {r.state for r in ledger_of(batched).jobs()} == {COLLECTED}
+
+    emu.admin.reset()
+    again = batch(batched, endpoint)
+    assert again.status == "completed" and again.jobs_created == 0
+    assert emu.admin.stats().get("batches.created", 0) == 0
+
+
+def test_file_route_above_inline_limit_matches_by_key(emu, endpoint, corpus_300, tmp_path):
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, inline_limit_bytes=50_000))
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.committed_rows == 300
+    assert stats["files.uploaded"] == 1 and stats["batches.created"] == 1
+    (job,) = ledger_of(s).jobs()
+    assert job.route == "file" and job.input_file.startswith("files/")
+    reference = settings_for(corpus_300, tmp_path, "ref")
+    online_index(reference, endpoint)
+    got, want = rows(s), rows(reference)
+    assert got.keys() == want.keys()
+    for chunk_id in want:
+        np.testing.assert_array_equal(got[chunk_id][3], want[chunk_id][3])
+
+
+def test_inline_refused_by_a_smaller_server_limit_goes_through_a_file(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"inline_limit_bytes": 40_000})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint)
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.committed_rows == 300
+    assert stats["errors.batch.400"] == 1 and stats["batches.created"] == 1 and stats["files.uploaded"] == 1
+    assert ledger_of(s).jobs()[0].route == "file"
+
+
+def test_item_failures_are_retried_online(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"item_failure_rate": 0.2})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint)
+    stats = emu.admin.stats()
+    failed = stats["batches.items_failed"]
+    assert 0 < failed < 300
+    assert out.status == "completed" and out.item_failures == failed == out.retried_online
+    assert stats["texts"] == failed and out.dead_lettered == 0
+    assert len(rows(s)) == 300 and out.online_tokens > 0
+
+
+def test_item_failures_dead_lettered_when_configured_even_when_all_fail(emu, endpoint, corpus_300, tmp_path):
+    # Every item failing makes the SDK put results in dest.inlined_responses (the other shape).
+    emu.admin.set_batch_config({"item_failure_rate": 1.0})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, item_errors="dead_letter"))
+    store = VectorStore.open(s.db_uri, s.table, create=False)
+    assert out.status == "completed" and out.dead_lettered == 300 == store.count_dead_letters()
+    assert store.count_rows() == 0 and emu.admin.stats().get("calls", 0) == 0
+    assert all("batch item error 13" in d.error for d in store.dead_letters())
+
+    emu.admin.reset()  # a re-run skips the dead letters: nothing is paid for twice
+    again = batch(s, endpoint)
+    assert again.plan.chunks_dead_skipped == 300 and again.jobs_created == 0
+
+
+def test_failed_job_is_resubmitted_in_halves(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"fail_next_jobs": 1})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint)
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.jobs_failed == 1 and out.jobs_resubmitted == 1
+    assert stats["batches.created"] == 3 and stats["batches.state.FAILED"] == 1
+    assert len(rows(s)) == 300
+    jobs = ledger_of(s).jobs()
+    assert [j.items for j in jobs if j.parent] == [150, 150]
+    assert [j.resolution for j in jobs if not j.parent] == ["resubmitted"]
+
+
+def test_expired_job_falls_back_online(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"expire_next_jobs": 1})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, failed_jobs="online"))
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.jobs_expired == 1 and out.online_fallback_chunks == 300
+    assert stats["batches.created"] == 1 and stats["batches.state.EXPIRED"] == 1 and stats["texts"] == 300
+    assert len(rows(s)) == 300
+    assert ledger_of(s).jobs()[0].resolution == "online"
+
+
+def test_failed_job_fails_the_run_when_configured(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"fail_next_jobs": 1})
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, failed_jobs="fail"))
+    assert out.status == "error" and isinstance(out.error, BatchJobError) and out.error.state == "FAILED"
+    assert out.committed_rows == 0 and emu.admin.stats()["batches.created"] == 1
+    assert ledger_of(s).jobs()[0].resolution == "abandoned"
+
+
+def test_two_runs_while_a_job_runs_create_one_job(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"running_seconds": 1.5})
+    s = settings_for(corpus_300, tmp_path)
+    first = batch(s, endpoint, wait_limit_seconds=0.1)
+    second = batch(s, endpoint, wait_limit_seconds=0.1)
+    assert first.status == second.status == "waiting"
+    assert first.jobs_created == 1 and second.jobs_created == 0 and second.jobs_resumed == 1
+    assert second.chunks_in_flight == 300 and second.jobs_waiting == first.jobs_waiting
+    assert emu.admin.stats()["batches.created"] == 1
+    assert VectorStore.open(s.db_uri, s.table, create=False).count_rows() == 0
+    third = batch(s, endpoint)
+    assert third.status == "completed" and third.jobs_created == 0 and third.committed_rows == 300
+    assert emu.admin.stats()["batches.created"] == 1
+
+
+def test_cancelled_job_is_reported_not_resubmitted_by_the_run(emu, endpoint, corpus_300, tmp_path, genai_client_for):
+    emu.admin.set_batch_config({"running_seconds": 30})
+    s = settings_for(corpus_300, tmp_path)
+    first = batch(s, endpoint, wait_limit_seconds=0.05)
+    (job,) = ledger_of(s).jobs()
+    genai_client_for(emu).batches.cancel(name=job.job_name)
+    second = batch(s, endpoint)
+    assert second.status == "completed" and second.jobs_cancelled == 1 and second.cancelled_chunks == 300
+    assert second.jobs_created == 0 and emu.admin.stats()["batches.created"] == 1
+    assert any("cancelled" in f for f in second.failures)
+    assert ledger_of(s).jobs()[0].state == CANCELLED
+    # A later run is a new request to index the corpus: it submits the chunks once more.
+    emu.admin.set_batch_config({"running_seconds": 0.3})
+    third = batch(s, endpoint)
+    assert third.status == "completed" and third.jobs_created == 1 and third.committed_rows == 300
+
+
+def test_cancel_live_jobs_cancels_what_is_alive(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"running_seconds": 30})
+    s = settings_for(corpus_300, tmp_path)
+    first = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_items_per_job=200), wait_limit_seconds=0.05)
+    assert first.status == "waiting" and len(first.jobs_waiting) == 2
+    cancelled = asyncio.run(cancel_live_jobs(s, endpoint))
+    assert len(cancelled) == 2
+    assert emu.admin.stats()["batches.state.CANCELLED"] == 2
+    assert {j.state for j in ledger_of(s).jobs()} == {CANCELLED}
+
+
+# -- crash safety -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def genai_client_for():
+    clients = []
+
+    def make(emu):
+        client = genai.Client(api_key=emu.api_key,
+                              http_options=types.HttpOptions(base_url=emu.base_url, api_version="v1beta"))
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+CHILD = textwrap.dedent("""
+    import asyncio, sys
+    from pydantic import SecretStr
+    from tasks.batch_jobs import BatchOptions, run_batch
+    from tasks.settings import Endpoint, Settings
+    corpus, db, base_url, key = sys.argv[1:5]
+    settings = Settings(corpus=corpus, db_uri=db, table="b")
+    endpoint = Endpoint(api_key=SecretStr(key), base_url=base_url)
+    asyncio.run(run_batch(settings, endpoint, options=BatchOptions(poll_seconds=0.05)))
+""")
+
+
+def run_until_killed(s: Settings, emu: RunningEmulator, ready) -> None:
+    """Run run_batch in a child process and SIGKILL it once `ready(ledger jobs)` holds."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(s.corpus), s.db_uri, emu.base_url, emu.api_key],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert child.poll() is None, f"child ended early: {child.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "the child never reached the kill point"
+            try:
+                if ready(Ledger.open(s.db_uri, s.table, create=False).jobs()):
+                    break
+            except Exception:  # the ledger does not exist yet
+                pass
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_killed_right_after_submission_resumes_without_a_new_job(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"running_seconds": 1.0})
+    s = settings_for(corpus_300, tmp_path)
+    run_until_killed(s, emu, lambda jobs: any(j.job_name for j in jobs))
+    assert emu.admin.stats()["batches.created"] == 1
+    out = batch(s, endpoint)
+    assert out.status == "completed" and out.jobs_created == 0 and out.jobs_resumed == 1
+    assert emu.admin.stats()["batches.created"] == 1 and len(rows(s)) == 300
+
+
+def test_killed_while_polling_resumes_without_a_new_job(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"running_seconds": 1.5})
+    s = settings_for(corpus_300, tmp_path)
+    run_until_killed(s, emu, lambda jobs: any(j.state == "RUNNING" for j in jobs))
+    out = batch(s, endpoint)
+    assert out.status == "completed" and out.jobs_created == 0 and out.jobs_resumed == 1
+    assert emu.admin.stats()["batches.created"] == 1 and len(rows(s)) == 300
+
+
+def test_intent_without_a_name_is_found_by_display_name(emu, endpoint, corpus_300, tmp_path, genai_client_for):
+    s = settings_for(corpus_300, tmp_path)
+    open_store(s)
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    key = job_key(s.table, "crashed", 1)
+    client = genai_client_for(emu)
+    uploaded = client.files.upload(file=io.BytesIO(jsonl_input(chunks, s.recipe)), config={"mime_type": "jsonl"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.batches.create_embeddings(model=s.model, src={"file_name": uploaded.name},
+                                         config={"display_name": key})
+    # The crash: the INTENT is durable, the job exists, its name was never written down.
+    Ledger.open(s.db_uri, s.table).record_intent(
+        JobRecord(key, "crashed", 1, INTENT, "file", len(chunks), 0, input_file=uploaded.name), chunks)
+    out = batch(s, endpoint)
+    assert out.status == "completed" and out.jobs_created == 0 and out.jobs_resumed == 1
+    assert emu.admin.stats()["batches.created"] == 1 and len(rows(s)) == 300
+    (job,) = ledger_of(s).jobs()
+    assert job.state == COLLECTED and job.job_name.startswith("batches/")
+
+
+def test_intent_whose_job_never_existed_is_submitted_again(emu, endpoint, corpus_300, tmp_path):
+    s = settings_for(corpus_300, tmp_path)
+    open_store(s)
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    key = job_key(s.table, "crashed", 1)
+    Ledger.open(s.db_uri, s.table).record_intent(
+        JobRecord(key, "crashed", 1, INTENT, "inline", len(chunks), 0), chunks)
+    out = batch(s, endpoint)
+    assert out.status == "completed" and out.jobs_created == 1 and out.jobs_resumed == 0
+    assert emu.admin.stats()["batches.created"] == 1 and len(rows(s)) == 300
+    assert ledger_of(s).get(key).resolution == "not_created"
+
+
+# -- create at most once (the logic, with plain functions standing in for the two calls) ----------
+
+
+def _create_once(create_errors, find_results, attempts=3):
+    from tasks.batch_submit import create_once
+
+    calls = {"create": 0, "find": 0, "slept": []}
+
+    async def create():
+        calls["create"] += 1
+        if create_errors:
+            raise create_errors.pop(0)
+        return "batches/new"
+
+    async def find():
+        calls["find"] += 1
+        result = find_results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def sleep(seconds):
+        calls["slept"].append(seconds)
+
+    async def go():
+        return await create_once(create, find, attempts=attempts, base_delay=1.0, sleep=sleep)
+
+    try:
+        return asyncio.run(go()), calls
+    except Exception as exc:  # noqa: BLE001 - returned for the test to inspect
+        return exc, calls
+
+
+def test_create_after_a_transient_failure_adopts_the_job_that_was_made():
+    from tasks.errors import TransientAPIError
+
+    result, calls = _create_once([TransientAPIError("timeout", status=None)], ["batches/made"])
+    assert result == "batches/made" and calls["create"] == 1 and calls["find"] == 1
+
+
+def test_create_retries_only_after_the_lookup_finds_nothing():
+    from tasks.errors import RateLimitedError, TransientAPIError
+
+    result, calls = _create_once([TransientAPIError("503", status=503), RateLimitedError("429", retry_after=7.0)],
+                                 [None, None])
+    assert result == "batches/new" and calls["create"] == 3 and calls["slept"] == [1.0, 7.0]
+
+    result, calls = _create_once([TransientAPIError("x", status=503)] * 3, [None] * 3)
+    assert isinstance(result, BatchJobError) and result.state == "NOT_CREATED" and result.transient
+    assert calls["create"] == 3 and calls["find"] == 3
+
+
+def test_create_rejection_is_not_retried_and_a_failed_lookup_is_unknown():
+    from tasks.errors import BadRequestError, TransientAPIError
+
+    result, calls = _create_once([BadRequestError("400", status=400)], [])
+    assert isinstance(result, BadRequestError) and calls["find"] == 0
+
+    result, calls = _create_once([TransientAPIError("x", status=500)], [TransientAPIError("list", status=503)])
+    assert isinstance(result, BatchJobError) and result.state == "UNKNOWN" and calls["create"] == 1
