@@ -10,7 +10,8 @@ Endpoints:
   GET|POST /_emulator/limits     LimitConfig fields merged into the current limits; {"tier": "free"}
                                  starts from a preset
   GET|POST /_emulator/batch-config  BatchConfig fields merged into the current batch config
-  GET|POST /_emulator/config     latency_base_ms, latency_per_text_ms, latency_jitter_ms, hang_seconds
+  GET|POST /_emulator/config     latency_base_ms, latency_per_text_ms, latency_jitter_ms, hang_seconds,
+                                 max_input_tokens
 
 Counter names (absent = 0):
   calls, texts, tokens.online        online calls answered with embeddings (incl. response faults)
@@ -37,7 +38,7 @@ from emulator.google_errors import GoogleError, invalid_argument, json_response
 
 router = APIRouter(prefix="/_emulator")
 
-RUNTIME_FIELDS = ("latency_base_ms", "latency_per_text_ms", "latency_jitter_ms", "hang_seconds")
+RUNTIME_FIELDS = ("latency_base_ms", "latency_per_text_ms", "latency_jitter_ms", "hang_seconds", "max_input_tokens")
 
 
 def _require_loopback(request: Request) -> None:
@@ -157,7 +158,8 @@ async def set_config(request: Request) -> Response:
     for name, value in body.items():
         if not isinstance(value, (int, float)) or value < 0:
             raise invalid_argument(f"{name} must be a number >= 0, got {value!r}")
-    emu.update_config(**{name: float(value) for name, value in body.items()})
+    emu.update_config(**{name: int(value) if name == "max_input_tokens" else float(value)
+                         for name, value in body.items()})
     return json_response({name: getattr(emu.config, name) for name in RUNTIME_FIELDS})
 
 

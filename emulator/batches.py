@@ -154,13 +154,14 @@ class BatchStore:
                 "* EmbedContentBatch.input_config: set exactly one of 'requests' (inline) or 'file_name'."
             )
         if file_name is not None:
-            items = _items_from_file(self._read_input_file(str(file_name)), str(file_name))
+            items = _items_from_file(self._read_input_file(str(file_name)), str(file_name),
+                                     self.config.max_input_tokens)
         else:
             entries = requests.get("requests") if isinstance(requests, dict) else None
             if not isinstance(entries, list):
                 raise invalid_argument("* EmbedContentBatch.input_config.requests.requests: must be a list.")
             items = [_item_from_request(entry.get("request") if isinstance(entry, dict) else None,
-                                        key=None, label=f"requests[{i}]")
+                                        key=None, label=f"requests[{i}]", max_tokens=self.config.max_input_tokens)
                      for i, entry in enumerate(entries)]
         if not items:
             raise invalid_argument("* EmbedContentBatch.input_config: the batch has no requests.")
@@ -455,7 +456,8 @@ def _bad(label: str, message: str) -> dict[str, Any]:
     return {"code": 3, "message": f"{label}: {message}"}
 
 
-def _item_from_request(request: Any, key: str | None, label: str) -> dict[str, Any]:
+def _item_from_request(request: Any, key: str | None, label: str,
+                       max_tokens: int = MAX_ITEM_TOKENS) -> dict[str, Any]:
     """One job item from an EmbedContentRequest; an invalid request becomes an item error."""
     item = _new_item(key)
     if not isinstance(request, dict):
@@ -474,8 +476,8 @@ def _item_from_request(request: Any, key: str | None, label: str) -> dict[str, A
         item["error"] = _bad(label, "content has no text parts.")
     elif not item["text"].strip():
         item["error"] = _bad(label, "the text is empty.")
-    elif (tokens := count_tokens(item["text"])) > MAX_ITEM_TOKENS:
-        item["error"] = _bad(label, f"the input has {tokens} tokens, more than the {MAX_ITEM_TOKENS} allowed.")
+    elif (tokens := count_tokens(item["text"])) > max_tokens:
+        item["error"] = _bad(label, f"the input has {tokens} tokens, more than the {max_tokens} allowed.")
     elif item["taskType"] is not None and item["taskType"] not in TASK_TYPES:
         item["error"] = _bad(label, f"unknown task type {item['taskType']!r}.")
     elif dim is not None and (type(dim) is not int or not MIN_DIM <= dim <= MAX_DIM):
@@ -485,7 +487,7 @@ def _item_from_request(request: Any, key: str | None, label: str) -> dict[str, A
     return item
 
 
-def _items_from_file(data: bytes, file_name: str) -> list[dict[str, Any]]:
+def _items_from_file(data: bytes, file_name: str, max_tokens: int = MAX_ITEM_TOKENS) -> list[dict[str, Any]]:
     """Job items from a JSONL input file; malformed lines become item errors naming the line."""
     items = []
     for number, raw in enumerate(data.splitlines(), start=1):
@@ -504,7 +506,7 @@ def _items_from_file(data: bytes, file_name: str) -> list[dict[str, Any]]:
         if error is not None:
             items.append(_new_item(key, error))
             continue
-        items.append(_item_from_request(line.get("request"), key, f"{label} (key {key!r})"))
+        items.append(_item_from_request(line.get("request"), key, f"{label} (key {key!r})", max_tokens))
     return items
 
 

@@ -57,6 +57,9 @@ class EmulatorConfig(BaseModel):
     # probability per online call of each fault kind, e.g. {"503": 0.05}
     fault_rates: dict[str, float] = {}
     hang_seconds: float = 600.0
+    # Google's per-text input limit. Lower it to play a server whose tokenizer counts more than the
+    # client's estimate: the texts over it get 400 INVALID_ARGUMENT, as Google's would.
+    max_input_tokens: int = Field(default=2048, ge=1)
     batch: BatchConfig = BatchConfig()
     state_dir: Path | None = None
 

@@ -76,9 +76,9 @@ async def model_method(version: str, model_method: str, request: Request) -> Res
     if method == "asyncBatchEmbedContent":
         return json_response(await emu.batches.create(version, model, body))
     if method == "batchEmbedContents":
-        items = parse_batch(body, model)
+        items = parse_batch(body, model, max_tokens=emu.config.max_input_tokens)
         return await serve_embeddings(emu, request, items, single=False)
-    items = [parse_item(body, model, "EmbedContentRequest", "", None)]
+    items = [parse_item(body, model, "EmbedContentRequest", "", None, max_tokens=emu.config.max_input_tokens)]
     return await serve_embeddings(emu, request, items, single=True)
 
 
@@ -94,7 +94,7 @@ async def read_json(request: Request) -> dict[str, Any]:
     return body
 
 
-def parse_batch(body: dict[str, Any], model: str) -> list[EmbedItem]:
+def parse_batch(body: dict[str, Any], model: str, *, max_tokens: int = MAX_TOKENS) -> list[EmbedItem]:
     """Validate a BatchEmbedContentsRequest; every offending item is named in one 400."""
     unknown = sorted(set(body) - {"requests"})
     if unknown:
@@ -109,18 +109,20 @@ def parse_batch(body: dict[str, Any], model: str) -> list[EmbedItem]:
     violations: list[tuple[str, str]] = []
     items = []
     for i, request in enumerate(requests):
-        items.append(parse_item(request, model, "BatchEmbedContentsRequest", f"requests[{i}].", violations))
+        items.append(parse_item(request, model, "BatchEmbedContentsRequest", f"requests[{i}].", violations,
+                                max_tokens=max_tokens))
     if violations:
         raise _invalid(violations, "BatchEmbedContentsRequest")
     return items
 
 
 def parse_item(
-    raw: Any, model: str, message: str, prefix: str, violations: list[tuple[str, str]] | None
+    raw: Any, model: str, message: str, prefix: str, violations: list[tuple[str, str]] | None,
+    *, max_tokens: int = MAX_TOKENS,
 ) -> EmbedItem:
     """Validate one EmbedContentRequest; adds to `violations`, or raises at once when it is None."""
     found: list[tuple[str, str]] = []
-    item = _parse_item(raw, model, prefix, found)
+    item = _parse_item(raw, model, prefix, found, max_tokens)
     if found and violations is None:
         raise _invalid(found, message)
     if violations is not None:
@@ -128,7 +130,7 @@ def parse_item(
     return item
 
 
-def _parse_item(raw: Any, model: str, prefix: str, found: list[tuple[str, str]]) -> EmbedItem:
+def _parse_item(raw: Any, model: str, prefix: str, found: list[tuple[str, str]], max_tokens: int) -> EmbedItem:
     if not isinstance(raw, dict):
         found.append((prefix.rstrip(".") or "request", "must be an object"))
         return EmbedItem("", None, None, MAX_DIM, 0)
@@ -150,9 +152,9 @@ def _parse_item(raw: Any, model: str, prefix: str, found: list[tuple[str, str]])
         found.append((f"{prefix}output_dimensionality", f"must be an integer within {MIN_DIM}..{MAX_DIM}, got {dim!r}"))
         dim = MAX_DIM
     tokens = count_tokens(text) if text else 0
-    if tokens > MAX_TOKENS:
+    if tokens > max_tokens:
         found.append((f"{prefix}content", f"text has {tokens} tokens (estimated as ceil(characters / 4)); "
-                                          f"the limit is {MAX_TOKENS} tokens per text"))
+                                          f"the limit is {max_tokens} tokens per text"))
     return EmbedItem(text, title, task_type, dim, tokens)
 
 

@@ -33,6 +33,9 @@ from typing import Literal
 
 import numpy as np
 
+# Re-exported: the route's whole public API is importable from here.
+from tasks.batch_admin import cancel_jobs, cancel_live_jobs, job_status  # noqa: F401
+from tasks.batch_options import BatchOptions, choose_route, estimate_turnaround  # noqa: F401
 from tasks.batch_results import (
     ItemError, JobResults, JobStatus, file_results, get_status, inline_results, poll_interval, sdk_job,
 )
@@ -56,63 +59,7 @@ from tasks.store import FailedItem, GroupWriter, VectorStore
 
 log = logging.getLogger("indexflow.batch")
 
-Route = Literal["online", "batch"]
 Progress = Callable[[int, int | None], None]
-
-
-def estimate_turnaround(chunks: int) -> float:
-    """Typical seconds from submission to results (upper ends of the batch guide's table)."""
-    return 120.0 if chunks < 100 else 600.0 if chunks < 1_000 else 1_800.0 if chunks < 10_000 else 7_200.0
-
-
-def choose_route(mode: str, chunks_to_embed: int, *, threshold: int = 500, deadline_seconds: float | None = None,
-                 turnaround_seconds: float | None = None) -> Route:
-    """online/batch as asked; auto -> batch above `threshold` chunks unless the deadline is shorter than the turnaround."""
-    if mode in ("online", "batch"):
-        return mode  # type: ignore[return-value]
-    if mode != "auto":
-        raise ConfigError(f"mode must be 'online', 'batch' or 'auto', got {mode!r}", mode=mode)
-    if chunks_to_embed <= threshold:
-        return "online"
-    turnaround = turnaround_seconds if turnaround_seconds is not None else estimate_turnaround(chunks_to_embed)
-    if deadline_seconds is not None and deadline_seconds < turnaround:
-        return "online"
-    return "batch"
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """The knobs of the batch route; `from_settings` is the one place that reads them from Settings."""
-
-    threshold: int = 500
-    deadline_seconds: float | None = None
-    turnaround_seconds: float | None = None
-    max_items_per_job: int = 10_000
-    max_tokens_per_job: int = 5_000_000
-    inline_limit_bytes: int = 19_000_000  # the API takes 20 MB; keep a margin for headers and encoding
-    poll_seconds: float | None = None  # None: by job size, as the batch guide advises
-    wait_limit_seconds: float | None = None
-    failed_jobs: Literal["resubmit", "online", "fail"] = "resubmit"
-    max_resubmits: int = 2
-    item_errors: Literal["online", "dead_letter"] = "online"
-    cancel_on_flow_cancel: bool = False
-    create_attempts: int = 5
-
-    # option name -> Settings field name
-    SETTINGS_FIELDS = {
-        "threshold": "batch_threshold", "deadline_seconds": "deadline_seconds",
-        "turnaround_seconds": "batch_turnaround_seconds", "max_items_per_job": "batch_max_items_per_job",
-        "max_tokens_per_job": "batch_max_tokens_per_job", "inline_limit_bytes": "batch_inline_limit_bytes",
-        "poll_seconds": "batch_poll_seconds", "wait_limit_seconds": "batch_wait_limit_seconds",
-        "failed_jobs": "batch_failed_jobs", "max_resubmits": "batch_max_resubmits",
-        "item_errors": "batch_item_errors", "cancel_on_flow_cancel": "cancel_on_flow_cancel",
-    }
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides) -> BatchOptions:
-        defaults = cls()
-        values = {opt: getattr(settings, name, getattr(defaults, opt)) for opt, name in cls.SETTINGS_FIELDS.items()}
-        return cls(**(values | overrides))
 
 
 @dataclass
@@ -180,71 +127,6 @@ async def run_batch(settings: Settings, endpoint: Endpoint, *, options: BatchOpt
     run = _BatchRun(settings, opts, store, ledger, make_client(endpoint), planner,
                     run_id or uuid.uuid4().hex[:12], clock, sleep, on_progress, total)
     return await run.run(limit)
-
-
-async def cancel_live_jobs(settings: Settings, endpoint: Endpoint, *, run_id: str | None = None) -> list[str]:
-    """Cancel the table's live jobs (only run `run_id`'s when given); returns the job names cancelled.
-
-    For the flow's on-cancellation hook. Jobs that already finished cannot be cancelled and stay
-    open, so a later run still collects what was paid for.
-    """
-    return await cancel_jobs(settings.db_uri, settings.table, endpoint, run_id=run_id)
-
-
-async def cancel_jobs(db_uri: str, table: str, endpoint: Endpoint, *, refs: Sequence[str] | None = None,
-                      run_id: str | None = None) -> list[str]:
-    """Cancel live jobs of the ledger: those named in `refs` (key, `batches/ID` or ID), else all (of `run_id`)."""
-    from google.genai import errors as genai_errors
-
-    try:
-        ledger = await asyncio.to_thread(Ledger.open, db_uri, table, create=False)
-    except IndexflowError:
-        if refs:
-            raise
-        return []
-    if refs is not None:
-        records = []
-        for ref in refs:
-            record = await asyncio.to_thread(ledger.find, ref)
-            if record is None:
-                raise ConfigError(f"no batch job {ref!r} in the ledger of table {table!r} ({db_uri}); "
-                                  "`indexflow batches list` shows the known jobs", job=ref, table=table)
-            records.append(record)
-    else:
-        records = [r for r in await asyncio.to_thread(ledger.jobs, open_only=True)
-                   if run_id is None or r.run_id == run_id]
-    client = make_client(endpoint)
-    cancelled = []
-    for record in records:
-        if not record.live:
-            continue
-        name = record.job_name or await find_job_by_display_name(client, record.key, since=record.created_at)
-        if name is not None:
-            try:
-                await client.aio.batches.cancel(name=name)
-            except genai_errors.ClientError as exc:
-                if exc.code == 400:
-                    continue  # finished meanwhile: leave it to be collected
-                raise classify(exc) from None
-            cancelled.append(name)
-        await asyncio.to_thread(ledger.update, record.key, state=CANCELLED, job_name=name, resolution="reported",
-                                error="cancelled on request")
-    return cancelled
-
-
-async def job_status(db_uri: str, table: str, ref: str, endpoint: Endpoint) -> tuple[JobRecord, JobStatus | None]:
-    """The ledger row of job `ref` and, when it has a name the endpoint knows, its live status."""
-    ledger = await asyncio.to_thread(Ledger.open, db_uri, table, create=False)
-    record = await asyncio.to_thread(ledger.find, ref)
-    if record is None:
-        raise ConfigError(f"no batch job {ref!r} in the ledger of table {table!r} ({db_uri}); "
-                          "`indexflow batches list` shows the known jobs", job=ref, table=table)
-    if record.job_name is None:
-        return record, None
-    try:
-        return record, await get_status(make_client(endpoint), record.job_name)
-    except ConfigError:  # 404: deleted, or another endpoint than the one that ran it
-        return record, None
 
 
 READ_BLOCK = 256  # chunks pulled per thread hop from the corpus stream

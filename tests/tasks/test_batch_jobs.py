@@ -122,6 +122,18 @@ def test_choose_route_by_mode_threshold_and_deadline():
         choose_route("fast", 1)
 
 
+def test_options_come_from_settings_fields_when_they_exist(corpus_300, tmp_path):
+    class WithBatchFields(Settings):
+        batch_threshold: int = 7
+        batch_failed_jobs: str = "online"
+        batch_poll_seconds: float | None = 0.5
+
+    assert BatchOptions.from_settings(settings_for(corpus_300, tmp_path)) == BatchOptions()
+    opts = BatchOptions.from_settings(WithBatchFields(corpus=corpus_300), max_resubmits=0)
+    assert (opts.threshold, opts.failed_jobs, opts.poll_seconds, opts.max_resubmits) == (7, "online", 0.5, 0)
+    assert opts.item_errors == BatchOptions().item_errors
+
+
 def test_poll_interval_grows_with_size_and_backs_off():
     assert poll_interval(50, 0) == 2.0 and poll_interval(500, 0) == 5.0
     assert poll_interval(5_000, 0) == 10.0 and poll_interval(50_000, 0) == 30.0
@@ -165,6 +177,22 @@ def test_batch_run_equals_online_run_row_for_row_and_books_batch_tokens(emu, end
     again = batch(batched, endpoint)
     assert again.status == "completed" and again.jobs_created == 0
     assert emu.admin.stats().get("batches.created", 0) == 0
+
+
+def test_full_scifact_batch_run_equals_online_run(emu, endpoint, tmp_path):
+    online = Settings(corpus=SCIFACT, db_uri=str(tmp_path / "db"), table="online")
+    online_index(online, endpoint)
+    emu.admin.reset()
+    batched = Settings(corpus=SCIFACT, db_uri=str(tmp_path / "db"), table="batched")
+    out = batch(batched, endpoint)
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.committed_rows == stats["batches.items"] > 5_183
+    assert stats["batches.created"] == 1 and stats["tokens.batch"] > 0 and stats.get("tokens.online", 0) == 0
+    a, b = rows(online), rows(batched)
+    assert a.keys() == b.keys()
+    for chunk_id, (h, text, title, vector) in a.items():
+        assert b[chunk_id][:3] == (h, text, title)
+        np.testing.assert_array_equal(b[chunk_id][3], vector)
 
 
 def test_file_route_above_inline_limit_matches_by_key(emu, endpoint, corpus_300, tmp_path):

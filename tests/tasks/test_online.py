@@ -1,0 +1,252 @@
+"""The online route's promises, with the emulator's stats as evidence and a real LanceDB table.
+
+Never pay twice, replace changed documents, delete what is gone, survive every fault with each
+chunk indexed exactly once, and dead-letter what the API refuses while the rest completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import SecretStr
+
+from emulator.embedding import embed_texts
+from tasks.errors import RecipeMismatchError
+from tasks.online import plan_run, run_online
+from tasks.settings import Endpoint, Settings
+from tasks.store import VectorStore
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
+         "sigma tau upsilon phi chi psi omega").split()
+
+
+def sentence(seed: int, n: int = 12) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, n)).capitalize() + "."
+
+
+def make_docs(n: int) -> dict[str, dict]:
+    return {f"d{i}": {"title": f"Doc {i}", "text": " ".join(sentence(i * 100 + j) for j in range(5))} for i in range(n)}
+
+
+def write_jsonl(path: Path, docs: dict[str, dict], extra_lines: list[str] = ()) -> Path:
+    lines = [json.dumps({"id": k, **v}) for k, v in docs.items()] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return tmp_path / "corpus.jsonl"
+
+
+def settings(corpus: Path, tmp_path: Path, **kw) -> Settings:
+    return Settings(corpus=corpus, db_uri=str(tmp_path / "db"), table="t", **kw)
+
+
+def endpoint(emu, **kw) -> Endpoint:
+    return Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url, **kw)
+
+
+def run(s: Settings, ep: Endpoint):
+    return asyncio.run(run_online(s, ep))
+
+
+def rows(s: Settings) -> dict[str, dict]:
+    table = VectorStore.open(s.db_uri, s.table, create=False).table.to_arrow().to_pylist()
+    return {r["id"]: r for r in table}
+
+
+def assert_exact_vectors(s: Settings, docs: dict[str, dict]) -> None:
+    """Every document's single chunk is present once, with the emulator's vector, normalized."""
+    table = VectorStore.open(s.db_uri, s.table, create=False).table.to_arrow()
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate ids"
+    assert sorted(ids) == sorted(f"{d}#0" for d in docs)
+    got = np.array(table.column("vector").to_pylist(), dtype=np.float32)
+    texts = table.column("text").to_pylist()
+    titles = table.column("title").to_pylist()
+    want = embed_texts(texts, s.dimensions, "RETRIEVAL_DOCUMENT", titles)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_first_run_embeds_everything_and_a_rerun_makes_zero_calls(emu, corpus, tmp_path):
+    docs = make_docs(30)
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=7)
+    out = run(s, endpoint(emu))
+    assert out.error is None and out.committed_rows == 30
+    assert emu.admin.stats()["texts"] == 30
+    assert_exact_vectors(s, docs)
+
+    emu.admin.reset()
+    again = run(s, endpoint(emu))
+    assert again.committed_rows == 0 and again.plan.chunks_unchanged == 30
+    assert emu.admin.stats().get("calls", 0) == 0
+
+
+def test_editing_one_document_reembeds_only_it(emu, corpus, tmp_path):
+    docs = make_docs(20)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    run(s, endpoint(emu))
+    before = rows(s)
+    docs["d7"]["text"] += " An added sentence."
+    write_jsonl(corpus, docs)
+    emu.admin.reset()
+    out = run(s, endpoint(emu))
+    assert emu.admin.stats()["texts"] == 1
+    assert (out.plan.docs_changed, out.plan.docs_unchanged, out.plan.chunks_changed) == (1, 19, 1)
+    after = rows(s)
+    assert after["d7#0"]["text"].endswith("An added sentence.")
+    assert after["d7#0"]["content_hash"] != before["d7#0"]["content_hash"]
+    assert all(after[k]["indexed_at"] == before[k]["indexed_at"] for k in before if k != "d7#0")
+
+
+def test_changing_a_title_reembeds_because_the_title_is_in_the_hash(emu, corpus, tmp_path):
+    docs = make_docs(5)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    run(s, endpoint(emu))
+    docs["d2"]["title"] = "A new title"
+    write_jsonl(corpus, docs)
+    emu.admin.reset()
+    run(s, endpoint(emu))
+    assert emu.admin.stats()["texts"] == 1
+    assert_exact_vectors(s, docs)
+
+
+def test_a_deleted_document_loses_its_rows_unless_deletion_is_off(emu, corpus, tmp_path):
+    docs = make_docs(10)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    run(s, endpoint(emu))
+    del docs["d3"]
+    write_jsonl(corpus, docs)
+
+    kept = run(settings(corpus, tmp_path, delete_missing=False), endpoint(emu))
+    assert "d3#0" in rows(s) and kept.deleted_rows == 0
+
+    out = run(s, endpoint(emu))
+    assert out.plan.docs_deleted == 1 and out.deleted_rows == 1
+    assert "d3#0" not in rows(s) and len(rows(s)) == 9
+
+
+def test_a_shrunk_document_loses_its_stale_tail(emu, corpus, tmp_path):
+    long_text = "\n\n".join(" ".join(sentence(k * 10 + j, 40) for j in range(6)) for k in range(6))
+    docs = {"long": {"title": "Long", "text": long_text}, "short": {"title": "S", "text": sentence(1)}}
+    s = settings(write_jsonl(corpus, docs), tmp_path, max_chunk_tokens=256, overlap_tokens=16)
+    run(s, endpoint(emu))
+    long_ids = [k for k in rows(s) if k.startswith("long#")]
+    assert len(long_ids) >= 3
+    docs["long"]["text"] = sentence(99)
+    write_jsonl(corpus, docs)
+    out = run(s, endpoint(emu))
+    assert sorted(rows(s)) == ["long#0", "short#0"]
+    assert out.deleted_rows == len(long_ids) - 1
+
+
+def test_unreadable_records_are_reported_and_protect_what_is_indexed(emu, corpus, tmp_path):
+    docs = make_docs(6)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    run(s, endpoint(emu))
+    # d5 disappears behind a malformed line: we cannot know which document that line was
+    del docs["d5"]
+    write_jsonl(corpus, docs, extra_lines=['{"id": "d5", "title": "broken', '{"id": "d9", "text": ""}'])
+    out = run(s, endpoint(emu))
+    assert out.problems.count == 2
+    assert {"malformed", "empty"} <= set(out.problems.by_reason)
+    assert any("corpus.jsonl:7" in p for p in out.problems.samples)
+    assert "d5#0" in rows(s), "a read error must never delete what is indexed"
+    assert out.plan.deletion_skipped_reason is not None
+
+
+@pytest.mark.parametrize("kind", ["500", "503", "429", "drop", "malformed", "wrong_count", "hang"])
+def test_each_fault_kind_ends_with_every_chunk_indexed_exactly_once(emu, corpus, tmp_path, kind):
+    docs = make_docs(40)
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=10, concurrency=4)
+    emu.admin.set_faults(script=[{"kind": kind, "count": 3}])
+    ep = endpoint(emu, timeout_seconds=1.0) if kind == "hang" else endpoint(emu)
+    out = run(s, ep)
+    assert out.error is None and out.dead_lettered == 0
+    stats = emu.admin.stats()
+    assert stats[f"faults.{kind}"] == 3
+    assert out.embed.retries >= 3
+    assert_exact_vectors(s, docs)
+
+
+def test_a_burst_of_429s_and_random_faults_still_index_everything_once(emu, corpus, tmp_path):
+    docs = make_docs(60)
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=5, concurrency=6)
+    emu.admin.set_faults(script=[{"kind": "429", "count": 8}], rates={"500": 0.1, "503": 0.1, "drop": 0.05}, seed=3)
+    out = run(s, endpoint(emu))
+    assert out.error is None
+    assert out.embed.rate_limited >= 8
+    assert_exact_vectors(s, docs)
+
+
+def test_a_text_the_api_refuses_is_dead_lettered_while_the_rest_completes(emu, corpus, tmp_path):
+    docs = make_docs(25)
+    docs["big"] = {"title": "Big", "text": " ".join(sentence(5000 + j, 30) for j in range(8))}
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=10)
+    # The server's tokenizer counts more than our estimate: it refuses the big text with a 400.
+    emu.admin.set_config(max_input_tokens=300)
+    out = run(s, endpoint(emu))
+    assert out.error is None and out.dead_lettered == 1
+    assert out.embed.bisections >= 1
+    assert set(rows(s)) == {f"d{i}#0" for i in range(25)}
+    dead = VectorStore.open(s.db_uri, s.table, create=False).dead_letters()
+    assert [d.chunk_id for d in dead] == ["big#0"] and "300" in dead[0].error
+
+    # Not paid for again on the next run, until asked to retry; then it lands and leaves the dead letters.
+    emu.admin.reset()
+    again = run(s, endpoint(emu))
+    assert again.plan.chunks_dead_skipped == 1 and emu.admin.stats().get("calls", 0) == 0
+    retry = run(settings(corpus, tmp_path, batch_size=10, retry_failed=True), endpoint(emu))
+    assert retry.committed_rows == 1 and "big#0" in rows(s)
+    assert VectorStore.open(s.db_uri, s.table, create=False).dead_letters() == []
+
+
+def test_an_outage_ends_the_stage_keeping_committed_rows_and_the_rerun_resumes(emu, corpus, tmp_path):
+    docs = make_docs(10)
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=10, max_attempts=2)
+    run(s, endpoint(emu))
+    docs.update({f"n{i}": {"title": "New", "text": sentence(900 + i)} for i in range(20)})
+    write_jsonl(corpus, docs)
+    emu.admin.set_faults(rates={"503": 1.0}, seed=1)  # down for longer than the retry policy lasts
+    out = run(s, endpoint(emu))
+    assert out.error is not None and out.error.transient
+    assert out.dead_lettered == 0, "an outage must not dead-letter good chunks"
+    assert out.deleted_rows == 0 and len(rows(s)) == 10, "what was committed stays"
+    emu.admin.reset()
+    again = run(s, endpoint(emu))
+    assert again.error is None and again.committed_rows == 20
+    assert emu.admin.stats()["texts"] == 20, "only what was missing is embedded"
+    assert_exact_vectors(s, {k: v for k, v in docs.items()})
+
+
+def test_a_recipe_change_is_refused_with_the_way_out(emu, corpus, tmp_path):
+    s = settings(write_jsonl(corpus, make_docs(3)), tmp_path)
+    run(s, endpoint(emu))
+    with pytest.raises(RecipeMismatchError) as info:
+        run(settings(corpus, tmp_path, dimensions=1536), endpoint(emu))
+    assert "--rebuild" in str(info.value) and '"dimensions": 768' in info.value.stored
+    rebuilt = run(settings(corpus, tmp_path, dimensions=1536, rebuild=True), endpoint(emu))
+    assert rebuilt.committed_rows == 3
+
+
+def test_plan_counts_without_calling_the_api(emu, corpus, tmp_path):
+    docs = make_docs(12)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    counts, problems = plan_run(s)
+    assert (counts.chunks_new, counts.docs_new, problems.count) == (12, 12, 0)
+    assert not (tmp_path / "db" / "t.lance").exists(), "planning creates nothing"
+    run(s, endpoint(emu))
+    docs["d0"]["text"] = "Changed."
+    del docs["d1"]
+    write_jsonl(corpus, docs)
+    emu.admin.reset()
+    counts, _ = plan_run(s)
+    assert (counts.chunks_changed, counts.chunks_unchanged, counts.docs_deleted) == (1, 10, 1)
+    assert emu.admin.stats().get("calls", 0) == 0
