@@ -66,7 +66,18 @@ class RunOptions:
     retry_failed: bool = False
     "Embed again the chunks in the dead-letter table."
     mode: Literal["online", "batch", "auto"] = "online"
-    "Route: the online API, the Batch API at half price, or auto by size."
+    "Route: the online API, the Batch API at half price, or auto (batch above --batch-threshold chunks)."
+    batch_threshold: int | None = None
+    "With --mode auto: chunks to embed above which the Batch API is used (default 500)."
+    deadline: float | None = None
+    "Seconds the run may take; auto mode stays online when a batch job would take longer."
+    wait_limit: float | None = None
+    "Seconds to wait for batch jobs; then the run ends 'waiting' and the next run collects them."
+
+    def options(self) -> dict | None:
+        extra = {"batch_threshold": self.batch_threshold, "deadline_seconds": self.deadline,
+                 "batch_wait_limit_seconds": self.wait_limit}
+        return {k: v for k, v in extra.items() if v is not None} or None
 
     def flow_params(self, corpus: Path, t: TableOptions) -> dict:
         return dict(
@@ -75,6 +86,7 @@ class RunOptions:
             rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, corpus_format=self.format, id_field=self.id_field,
             title_field=self.title_field, text_field=self.text_field, max_chunk_tokens=self.max_chunk_tokens,
             delete_missing=self.delete, rebuild=self.rebuild, retry_failed=self.retry_failed,
+            options=self.options(),
         )
 
 
@@ -141,17 +153,19 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
     json
         Print the plan as JSON.
     """
-    from flows.index_corpus import build_settings
+    from flows.index_corpus import settings_from_params
+    from tasks.batch_options import BatchOptions, choose_route
     from tasks.online import plan_run
     from tasks.plan import forecast
 
-    params = o.flow_params(corpus, t)
-    params["tier"] = params["tier"] or ("free" if os.environ.get("GEMINI_API_KEY") else "unlimited")
-    settings = build_settings(**params)
+    settings = settings_from_params(o.flow_params(corpus, t), emulator=not os.environ.get("GEMINI_API_KEY"))
     counts, problems = plan_run(settings)
     fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
                   limits=settings.limits)
-    out = counts.as_dict() | {"tier": settings.tier, "input_problems": problems.count,
+    b = BatchOptions.from_settings(settings)
+    route = choose_route(settings.mode, counts.chunks_to_embed, threshold=b.threshold,
+                         deadline_seconds=b.deadline_seconds, turnaround_seconds=b.turnaround_seconds)
+    out = counts.as_dict() | {"tier": settings.tier, "route": route, "input_problems": problems.count,
                               "forecast": asdict(fc)}
     if json:
         print(jsonlib.dumps(out, indent=2))
@@ -161,6 +175,7 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
         eta += f" ({fc.days} days of per-day quota)"
     rows = [{"metric": k.replace("_", " "), "value": v} for k, v in counts.as_dict().items() if v is not None]
     rows += [
+        {"metric": "route", "value": f"{route} (mode {settings.mode})"},
         {"metric": "input problems", "value": problems.count},
         {"metric": "API calls", "value": fc.calls},
         {"metric": "online cost (USD)", "value": f"{fc.online_cost_usd:.6f}"},
@@ -207,6 +222,11 @@ def query(text: str, *, t: TableOptions = TableOptions(),
         table.add_row(str(h.rank), f"{h.score:.4f}", h.doc_id, h.title[:40], h.snippet(160))
     Console().print(table)
     return EXIT_OK
+
+
+from flows.batches_cli import batches_app  # noqa: E402  (the `indexflow batches ...` commands)
+
+app.command(batches_app)
 
 
 @app.command

@@ -12,9 +12,13 @@ import time
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
+from tasks.batch_jobs import BatchOutcome, run_batch
+from tasks.batch_admin import cancel_live_jobs
+from tasks.batch_options import BatchOptions, choose_route
 from tasks.batcher import EmbedStats
 from tasks.endpoint import resolve_endpoint
 from tasks.errors import ConfigError, IndexflowError
@@ -68,6 +72,18 @@ async def embed_online_task(settings: Settings, endpoint: Endpoint, total: int) 
     return outcome
 
 
+@task(name="embed-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=_retry_transient)
+async def embed_batch_task(settings: Settings, endpoint: Endpoint, total: int, run_id: str) -> BatchOutcome:
+    """The Batch API route in one task run; a retry resumes the jobs in the ledger, never resubmits them."""
+    with Progress(settings.table, prefect=True) as progress:
+        outcome = await run_batch(settings, endpoint, on_progress=progress, total=total, run_id=run_id)
+        await progress.aclose(outcome.committed_rows, total)
+    if outcome.error is not None and getattr(outcome.error, "transient", True):
+        raise outcome.error
+    return outcome
+
+
 @task(name="finalize", cache_policy=NO_CACHE)
 async def finalize_task(settings: Settings) -> dict:
     """optimize(), then the vector and full-text indexes where they pay."""
@@ -89,7 +105,32 @@ def _api_key_from_environment() -> str | None:
         return None
 
 
-@flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False)
+def settings_from_params(params: dict[str, Any], *, emulator: bool) -> Settings:
+    """Flow parameters -> Settings; `options` carries any further Settings field by name."""
+    params = dict(params)
+    params.pop("base_url", None)
+    options = params.pop("options", None) or {}
+    clash = sorted(set(options) & set(params))
+    if clash:
+        raise ConfigError(f"options {clash} are also flow parameters; set them once", fields=[(c,) for c in clash])
+    params["tier"] = params.get("tier") or ("unlimited" if emulator else "free")
+    return build_settings(**params, **options)
+
+
+async def _cancel_batch_jobs(flow, flow_run, state) -> None:
+    """On flow-run cancellation, cancel this table's live Batch API jobs when `cancel_on_flow_cancel` is set."""
+    params = dict(flow_run.parameters)
+    if not (params.get("options") or {}).get("cancel_on_flow_cancel"):
+        return
+    base_url = params.get("base_url") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+    with resolve_endpoint(_api_key_from_environment(), base_url) as (endpoint, label):
+        settings = settings_from_params(params, emulator=label.startswith("emulator"))
+        cancelled = await cancel_live_jobs(settings, endpoint)
+    get_run_logger().warning("Flow run cancelled: cancelled %d live batch job(s): %s", len(cancelled), cancelled)
+
+
+@flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False,
+      on_cancellation=[_cancel_batch_jobs])
 async def index_corpus(
     corpus: str = "data/corpus",
     table: str = "corpus",
@@ -110,10 +151,12 @@ async def index_corpus(
     delete_missing: bool = True,
     rebuild: bool = False,
     retry_failed: bool = False,
+    options: dict[str, Any] | None = None,
     base_url: str | None = None,
 ) -> dict:
     """Index `corpus` into LanceDB table `table` at `db_uri`; returns the run summary as a dict.
 
+    `options` sets any other Settings field by name (e.g. `{"batch_wait_limit_seconds": 600}`).
     The API key is read from GEMINI_API_KEY or the Prefect Secret block `gemini-api-key`, never
     from a parameter; with neither, an emulator runs in this process.
     """
@@ -122,31 +165,36 @@ async def index_corpus(
     base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
     with resolve_endpoint(_api_key_from_environment(), base_url) as (endpoint, label):
         logger.info("Embedding endpoint: %s", label)
-        settings = build_settings(
-            corpus=corpus, table=table, db_uri=db_uri, mode=mode,
-            tier=tier or ("unlimited" if label.startswith("emulator") else "free"),
-            dimensions=dimensions, batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm,
-            rpd=rpd, corpus_format=corpus_format, id_field=id_field, title_field=title_field,
-            text_field=text_field, max_chunk_tokens=max_chunk_tokens, delete_missing=delete_missing,
-            rebuild=rebuild, retry_failed=retry_failed,
+        settings = settings_from_params(
+            dict(corpus=corpus, table=table, db_uri=db_uri, mode=mode, tier=tier, dimensions=dimensions,
+                 batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm, rpd=rpd,
+                 corpus_format=corpus_format, id_field=id_field, title_field=title_field, text_field=text_field,
+                 max_chunk_tokens=max_chunk_tokens, delete_missing=delete_missing, rebuild=rebuild,
+                 retry_failed=retry_failed, options=options),
+            emulator=label.startswith("emulator"),
         )
-        if settings.mode != "online":
-            raise ConfigError(f"mode {settings.mode!r} is not available yet; use mode='online'")
         counts, _ = await plan_task(settings)
+        batch = BatchOptions.from_settings(settings)
+        route = choose_route(settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
+                             deadline_seconds=batch.deadline_seconds, turnaround_seconds=batch.turnaround_seconds)
         fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
                       limits=settings.limits)
         logger.info(
-            "Plan: %d chunk(s) to embed (%d tokens, ~$%.4f online), %d unchanged, %d stale",
-            counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, counts.chunks_unchanged,
-            counts.chunks_stale,
+            "Plan: %d chunk(s) to embed (%d tokens; ~$%.4f online, ~$%.4f batch), %d unchanged; route: %s",
+            counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, fc.batch_cost_usd,
+            counts.chunks_unchanged, route,
         )
         try:
-            outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
+            if route == "batch":
+                run_id = (flow_run.get_id() or "local").replace("-", "")[:12]
+                outcome = await embed_batch_task(settings, endpoint, counts.chunks_to_embed, run_id)
+            else:
+                outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
         except IndexflowError as exc:  # Prefect's retries are spent too: report, then fail the run
             outcome = OnlineOutcome(counts, ProblemLog(), EmbedStats(), error=exc)
         if outcome.error is None:
             await finalize_task(settings)
-    summary = summarize(settings, label, outcome, time.monotonic() - started)
+    summary = summarize(settings, label, route, outcome, time.monotonic() - started)
     await publish_summary(summary)
     for row in summary.rows():
         logger.info("%-22s %s", row["metric"], row["value"])
@@ -156,21 +204,31 @@ async def index_corpus(
     return summary.as_dict()
 
 
-def summarize(settings: Settings, label: str, outcome: OnlineOutcome, wall: float) -> RunSummary:
-    """The run's facts for people, from the plan, the pipeline's counters and the store's."""
+def summarize(settings: Settings, label: str, route: str, outcome: OnlineOutcome | BatchOutcome,
+              wall: float) -> RunSummary:
+    """The run's facts for people, from the plan, the route's counters and the store's."""
     e = outcome.embed
     status = "completed"
     if outcome.error is not None:
         status = f"stopped: {type(outcome.error).__name__}"
+    elif isinstance(outcome, BatchOutcome) and outcome.status == "waiting":
+        status = f"waiting: {len(outcome.jobs_waiting)} batch job(s) alive; the next run collects them"
     problems: ProblemLog = outcome.problems
-    return RunSummary(
-        table=settings.table, mode=settings.mode, endpoint=label.split(" (")[0], status=status,
+    summary = RunSummary(
+        table=settings.table, mode=settings.mode, route=route, endpoint=label.split(" (")[0], status=status,
         plan=outcome.plan, docs_failed=problems.count, chunks_embedded=outcome.committed_rows,
         chunks_deleted=outcome.deleted_rows, dead_lettered=outcome.dead_lettered,
         api_calls=e.calls, tokens=e.tokens_sent, rate_limited=e.rate_limited, retries=e.retries,
         wall_seconds=wall, problems=problems.samples, failures=outcome.failures,
         message=str(outcome.error) if outcome.error is not None else None,
     )
+    if isinstance(outcome, BatchOutcome):
+        summary.tokens = outcome.online_tokens
+        summary.batch_tokens = outcome.batch_tokens
+        summary.api_calls = e.calls + outcome.jobs_created
+        summary.jobs_created, summary.jobs_resumed = outcome.jobs_created, outcome.jobs_resumed
+        summary.jobs_waiting = len(outcome.jobs_waiting)
+    return summary
 
 
 if __name__ == "__main__":

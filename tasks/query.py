@@ -17,7 +17,7 @@ async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint, k: i
     store = await asyncio.to_thread(VectorStore.open, db_uri, table, None, create=False)
     raw = await embed_query(make_client(endpoint), text, store.recipe)
     vector = l2_normalize(raw.reshape(1, -1), expected_dim=store.recipe.dimensions)[0]
-    return await asyncio.to_thread(store.search, vector, k, text=text, hybrid=hybrid)
+    return await asyncio.to_thread(store.search, vector, k, text=text if hybrid else None, hybrid=hybrid)
 
 
 def query(text: str, *, db_uri: str, table: str, endpoint: Endpoint, k: int = 10, hybrid: bool = False) -> list[Hit]:

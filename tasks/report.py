@@ -25,6 +25,7 @@ class RunSummary:
     table: str
     mode: str
     endpoint: str
+    route: str = "online"
     status: str = "completed"
     plan: PlanCounts = field(default_factory=PlanCounts)
     docs_failed: int = 0
@@ -32,7 +33,11 @@ class RunSummary:
     chunks_deleted: int = 0
     dead_lettered: int = 0
     api_calls: int = 0
-    tokens: int = 0
+    tokens: int = 0  # sent through the online API
+    batch_tokens: int = 0  # embedded by Batch API jobs, at half price
+    jobs_created: int = 0
+    jobs_resumed: int = 0
+    jobs_waiting: int = 0
     rate_limited: int = 0
     retries: int = 0
     wall_seconds: float = 0.0
@@ -46,14 +51,21 @@ class RunSummary:
 
     @property
     def cost_usd(self) -> float:
-        price = PRICE_PER_MILLION_TOKENS["batch" if self.mode == "batch" else "online"]
-        return self.tokens * price / 1e6
+        """Estimated spend: online tokens at the online price, batch tokens at the batch price."""
+        return (self.tokens * PRICE_PER_MILLION_TOKENS["online"]
+                + self.batch_tokens * PRICE_PER_MILLION_TOKENS["batch"]) / 1e6
+
+    @property
+    def online_equivalent_usd(self) -> float:
+        """What the same tokens would have cost through the online API."""
+        return (self.tokens + self.batch_tokens) * PRICE_PER_MILLION_TOKENS["online"] / 1e6
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plan"] = self.plan.as_dict()
         d["chunks_per_second"] = round(self.chunks_per_second, 2)
         d["cost_usd"] = round(self.cost_usd, 6)
+        d["online_equivalent_usd"] = round(self.online_equivalent_usd, 6)
         return d
 
     def rows(self) -> list[dict[str, Any]]:
@@ -63,6 +75,7 @@ class RunSummary:
             ("status", self.status),
             ("endpoint", self.endpoint),
             ("mode", self.mode),
+            ("route", self.route),
             ("documents seen", p.docs_seen),
             ("documents new", p.docs_new),
             ("documents changed", p.docs_changed),
@@ -74,18 +87,26 @@ class RunSummary:
             ("chunks deleted", self.chunks_deleted),
             ("dead-lettered", self.dead_lettered),
             ("API calls", self.api_calls),
-            ("tokens", self.tokens),
+            ("tokens", self.tokens + self.batch_tokens),
             ("429 responses", self.rate_limited),
             ("retries", self.retries),
             ("wall time (s)", round(self.wall_seconds, 2)),
             ("chunks/s", round(self.chunks_per_second, 1)),
             ("estimated cost (USD)", f"{self.cost_usd:.6f}"),
         ]
+        if self.route == "batch":
+            pairs += [
+                ("batch tokens", self.batch_tokens),
+                ("cost at online price (USD)", f"{self.online_equivalent_usd:.6f}"),
+                ("batch jobs created", self.jobs_created),
+                ("batch jobs resumed", self.jobs_resumed),
+                ("batch jobs still running", self.jobs_waiting),
+            ]
         return [{"metric": k, "value": v} for k, v in pairs]
 
     def failure_markdown(self) -> str | None:
         """A short note for people: what failed, how many, what to do; None when nothing failed."""
-        if not (self.docs_failed or self.dead_lettered or self.status != "completed"):
+        if not (self.docs_failed or self.dead_lettered or self.status.startswith("stopped")):
             return None
         lines = [f"# indexflow: {self.table} — {self.status}", ""]
         if self.message:

@@ -100,6 +100,20 @@ class Settings(BaseModel):
     write_group_rows: int = Field(default=5_000, ge=1)
     write_group_seconds: float = Field(default=5.0, gt=0)
 
+    # the Batch API route (mode "batch", or "auto" above batch_threshold chunks)
+    batch_threshold: int = Field(default=500, ge=0)
+    deadline_seconds: float | None = Field(default=None, gt=0)
+    batch_turnaround_seconds: float | None = Field(default=None, gt=0)  # None: estimated from size
+    batch_max_items_per_job: int = Field(default=10_000, ge=1)
+    batch_max_tokens_per_job: int = Field(default=5_000_000, ge=2048)
+    batch_inline_limit_bytes: int = Field(default=19_000_000, ge=1)  # the API takes 20 MB inline
+    batch_poll_seconds: float | None = Field(default=None, gt=0)  # None: by job size, 2-60 s with backoff
+    batch_wait_limit_seconds: float | None = Field(default=None, gt=0)  # then the run ends "waiting"
+    batch_failed_jobs: Literal["resubmit", "online", "fail"] = "resubmit"
+    batch_max_resubmits: int = Field(default=2, ge=0)
+    batch_item_errors: Literal["online", "dead_letter"] = "online"
+    cancel_on_flow_cancel: bool = False
+
     @field_validator("corpus")
     @classmethod
     def _corpus_exists(cls, value: Path) -> Path:

@@ -22,6 +22,10 @@ def prefect_api(tmp_path_factory):
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: str(home)}):
                 yield api_url
+                # send queued run logs while the server is still there to take them
+                from prefect.logging.handlers import APILogHandler
+
+                APILogHandler.flush()
         finally:
             for k, v in old.items():
                 if v is None:

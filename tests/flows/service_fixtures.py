@@ -67,6 +67,21 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         pass
 
 
+@pytest.fixture(scope="session")
+def prefect_in_process(prefect_api: str) -> str:
+    """The session's API for flows run in this process; sends their queued logs and events before the server stops.
+
+    Without the drain, whatever the background workers still hold is retried at interpreter
+    exit against a stopped server, which held pytest up for over a minute.
+    """
+    yield prefect_api
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
 # -- standalone emulator ------------------------------------------------------------------------
 
 

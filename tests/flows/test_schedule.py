@@ -97,10 +97,13 @@ def test_cron_schedule_creates_scheduled_runs(deployed):
 def test_schedule_pause_and_resume_commands_of_the_readme(deployed):
     from tests.flows.service_fixtures import prefect_cli
 
+    schedule_id = str(asyncio.run(read_deployment("nightly")).schedules[0].id)
+    assert schedule_id in prefect_cli("deployment", "schedule", "ls", "index-corpus/nightly")
+
     def active() -> bool:
         return asyncio.run(read_deployment("nightly")).schedules[0].active
 
-    prefect_cli("deployment", "schedule", "pause", "index-corpus/nightly", "--all")
+    prefect_cli("deployment", "schedule", "pause", "index-corpus/nightly", schedule_id)
     assert active() is False
-    prefect_cli("deployment", "schedule", "resume", "index-corpus/nightly", "--all")
+    prefect_cli("deployment", "schedule", "resume", "index-corpus/nightly", schedule_id)
     assert active() is True

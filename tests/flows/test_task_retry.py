@@ -9,7 +9,11 @@ import time
 import pytest
 
 from emulator.faults import FaultInjector
-from tests.flows.service_fixtures import table_ids, write_corpus
+pytest.register_assert_rewrite("tests.flows.service_fixtures")
+from tests.flows.service_fixtures import table_ids, write_corpus  # noqa: E402
+
+# registered once as a plugin, so its session fixtures are one per session (not one per module)
+pytest_plugins = ["tests.flows.service_fixtures"]
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +48,7 @@ async def _embed_task_runs(flow_run_name: str | None = None, state_name: str | N
         return await client.read_task_runs(task_run_filter=task_filter, flow_run_filter=flow_filter)
 
 
-def test_prefect_task_retry_resumes_without_reembedding(prefect_api, emu, tmp_path, monkeypatch):
+def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu, tmp_path, monkeypatch):
     from flows.index_corpus import index_corpus
 
     n, per_call = 20, 4
@@ -58,7 +62,7 @@ def test_prefect_task_retry_resumes_without_reembedding(prefect_api, emu, tmp_pa
     async def run_and_end_the_outage():
         flow = asyncio.create_task(index_corpus(
             corpus=str(corpus), table="retry", db_uri=str(db), base_url=emu.base_url,
-            batch_size=per_call, concurrency=1, max_attempts=MAX_ATTEMPTS, return_state=True,
+            batch_size=per_call, concurrency=1, options={"max_attempts": MAX_ATTEMPTS}, return_state=True,
         ))
         # the outage ends while Prefect waits to retry the task (event-driven, no guessed sleep)
         deadline = time.monotonic() + 60

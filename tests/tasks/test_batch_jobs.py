@@ -24,14 +24,12 @@ from emulator.server import RunningEmulator, running_emulator
 from tasks.batch_jobs import BatchOptions, cancel_live_jobs, choose_route, run_batch
 from tasks.batch_results import parse_status, poll_interval
 from tasks.batch_submit import jsonl_input
-from tasks.batcher import EmbedOptions, embed_chunks
 from tasks.errors import BatchJobError, ConfigError
 from tasks.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
-from tasks.online import corpus_chunks, make_planner, open_store
-from tasks.gemini import make_client
+from tasks.online import corpus_chunks, open_store, run_online
 from tasks.problems import ProblemLog
 from tasks.settings import Endpoint, Settings
-from tasks.store import GroupWriter, VectorStore
+from tasks.store import VectorStore
 
 REPO = Path(__file__).resolve().parents[2]
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
@@ -78,24 +76,9 @@ def rows(settings: Settings) -> dict[str, tuple]:
 
 
 def online_index(settings: Settings, endpoint: Endpoint) -> None:
-    """The online route's store path (planner -> embed_chunks -> GroupWriter), the reference table."""
-
-    async def go():
-        store = open_store(settings)
-        planner = make_planner(store, settings)
-        writer = GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)
-
-        async def sink(chunks, vectors):
-            await asyncio.to_thread(writer.add, chunks, vectors)
-
-        async def failed(items):
-            raise AssertionError(f"online reference failed: {items[:1]}")
-
-        await embed_chunks(planner.select(corpus_chunks(settings, ProblemLog())), client=make_client(endpoint),
-                           options=EmbedOptions.from_settings(settings), sink=sink, on_failed=failed)
-        writer.flush()
-
-    asyncio.run(go())
+    """An online run of the same corpus (tasks.online.run_online): the reference table."""
+    out = asyncio.run(run_online(settings, endpoint))
+    assert out.error is None and out.dead_lettered == 0 and out.committed_rows > 0
 
 
 def batch(settings, endpoint, opts=OPTS, **kw):
