@@ -18,6 +18,10 @@ help:
 	@echo "make test             the test suite (real emulator, LanceDB and Prefect server)"
 	@echo "make bench            benchmarks that print figures"
 	@echo "make emulator         run the Gemini API emulator on 127.0.0.1:8765"
+	@echo "make server           a local Prefect server on 127.0.0.1:4200"
+	@echo "make pool deploy      the work pool and the deployments from prefect.yaml"
+	@echo "make worker           a process worker (run it in the repo root)"
+	@echo "make run-deployment   index now through the on-demand deployment"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,3 +51,27 @@ emulator: $(STAMP)
 
 clean:
 	rm -rf .indexflow .pytest_cache
+
+# --- Run as a service (see README "Run as a service") ---------------------------------------
+PREFECT_PORT ?= 4200
+API          ?= http://127.0.0.1:$(PREFECT_PORT)/api
+POOL         ?= indexflow-process
+DEPLOYMENT   ?= on-demand
+PREFECT      := $(if $(API),PREFECT_API_URL=$(API)) $(BIN)/prefect
+
+.PHONY: server pool deploy worker run-deployment
+
+server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+pool: $(STAMP)
+	$(PREFECT) work-pool create $(POOL) --type process --overwrite
+
+deploy: $(STAMP)
+	$(PREFECT) --no-prompt deploy --all
+
+worker: $(STAMP)
+	$(PREFECT) worker start --pool $(POOL)
+
+run-deployment: $(STAMP)
+	$(PREFECT) deployment run 'index-corpus/$(DEPLOYMENT)' --param corpus=$(CORPUS) --param table=$(TABLE) --param db_uri=$(DB) --watch

@@ -27,6 +27,7 @@ from tasks.plan import forecast
 from tasks.problems import ProblemLog
 from tasks.report import Progress, RunSummary, publish_summary
 from tasks.settings import Endpoint, Settings
+from tasks.writer_lock import table_writer
 
 SECRET_BLOCK = "gemini-api-key"
 
@@ -109,6 +110,7 @@ def settings_from_params(params: dict[str, Any], *, emulator: bool) -> Settings:
     """Flow parameters -> Settings; `options` carries any further Settings field by name."""
     params = dict(params)
     params.pop("base_url", None)
+    params.pop("writer_wait_seconds", None)
     options = params.pop("options", None) or {}
     clash = sorted(set(options) & set(params))
     if clash:
@@ -153,10 +155,13 @@ async def index_corpus(
     retry_failed: bool = False,
     options: dict[str, Any] | None = None,
     base_url: str | None = None,
+    writer_wait_seconds: float | None = None,
 ) -> dict:
     """Index `corpus` into LanceDB table `table` at `db_uri`; returns the run summary as a dict.
 
     `options` sets any other Settings field by name (e.g. `{"batch_wait_limit_seconds": 600}`).
+    One run writes a table at a time: another run on the same table waits for it (at most
+    `writer_wait_seconds`, None for as long as it takes), then plans against what it committed.
     The API key is read from GEMINI_API_KEY or the Prefect Secret block `gemini-api-key`, never
     from a parameter; with neither, an emulator runs in this process.
     """
@@ -173,27 +178,29 @@ async def index_corpus(
                  retry_failed=retry_failed, options=options),
             emulator=label.startswith("emulator"),
         )
-        counts, _ = await plan_task(settings)
-        batch = BatchOptions.from_settings(settings)
-        route = choose_route(settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
-                             deadline_seconds=batch.deadline_seconds, turnaround_seconds=batch.turnaround_seconds)
-        fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
-                      limits=settings.limits)
-        logger.info(
-            "Plan: %d chunk(s) to embed (%d tokens; ~$%.4f online, ~$%.4f batch), %d unchanged; route: %s",
-            counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, fc.batch_cost_usd,
-            counts.chunks_unchanged, route,
-        )
-        try:
-            if route == "batch":
-                run_id = (flow_run.get_id() or "local").replace("-", "")[:12]
-                outcome = await embed_batch_task(settings, endpoint, counts.chunks_to_embed, run_id)
-            else:
-                outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
-        except IndexflowError as exc:  # Prefect's retries are spent too: report, then fail the run
-            outcome = OnlineOutcome(counts, ProblemLog(), EmbedStats(), error=exc)
-        if outcome.error is None:
-            await finalize_task(settings)
+        async with table_writer(settings.db_uri, settings.table, wait_seconds=writer_wait_seconds,
+                                on_wait=logger.info):
+            counts, _ = await plan_task(settings)
+            batch = BatchOptions.from_settings(settings)
+            route = choose_route(settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
+                                 deadline_seconds=batch.deadline_seconds, turnaround_seconds=batch.turnaround_seconds)
+            fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
+                          limits=settings.limits)
+            logger.info(
+                "Plan: %d chunk(s) to embed (%d tokens; ~$%.4f online, ~$%.4f batch), %d unchanged; route: %s",
+                counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, fc.batch_cost_usd,
+                counts.chunks_unchanged, route,
+            )
+            try:
+                if route == "batch":
+                    run_id = (flow_run.get_id() or "local").replace("-", "")[:12]
+                    outcome = await embed_batch_task(settings, endpoint, counts.chunks_to_embed, run_id)
+                else:
+                    outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
+            except IndexflowError as exc:  # Prefect's retries are spent too: report, then fail the run
+                outcome = OnlineOutcome(counts, ProblemLog(), EmbedStats(), error=exc)
+            if outcome.error is None:
+                await finalize_task(settings)
     summary = summarize(settings, label, route, outcome, time.monotonic() - started)
     await publish_summary(summary)
     for row in summary.rows():

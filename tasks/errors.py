@@ -5,6 +5,7 @@
     ├── InputError                      one corpus item cannot be read (terminal for that item)
     ├── RecipeMismatchError             the table was built with another embedding recipe (terminal)
     ├── StoreError                      LanceDB refused or returned something unexpected (terminal)
+    │   └── TableBusyError              another run holds the table's one-writer lock (terminal)
     ├── EmbedError                      an embedding call failed
     │   ├── TransientAPIError           5xx, timeout, dropped connection (transient)
     │   │   └── RateLimitedError        429 per-minute quota; carries retry_after (transient)
@@ -58,6 +59,10 @@ class RecipeMismatchError(IndexflowError):
 
 class StoreError(IndexflowError):
     """LanceDB refused a write or returned something unexpected."""
+
+
+class TableBusyError(StoreError):
+    """Another run holds the table's writer lock; facts `table`, `db_uri`, `lock`, `waited_seconds`, `holder`."""
 
 
 class EmbedError(IndexflowError):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
@@ -129,9 +130,10 @@ async def embed_batch(
 def parse_embeddings(body: str | bytes | None, *, expected: int, dim: int) -> np.ndarray:
     """Turn a `batchEmbedContents` response body into (expected, dim) float32, or BadResponseError."""
     try:
-        payload = json.loads(body or "")
+        # orjson: decoding 100 x 768 floats is the client's largest cost per call (5x stdlib json)
+        payload = orjson.loads(body or b"")
         rows = [item["values"] for item in payload["embeddings"]]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
         raise BadResponseError(
             f"the embedding response is not valid batchEmbedContents JSON ({type(exc).__name__}); "
             "the call will be retried",

@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from tasks.errors import StoreError
+from tasks.errors import StoreError, TableBusyError
 
 Backend = Literal["auto", "file", "prefect"]
 
@@ -40,10 +40,6 @@ LOCK_DIR = ".indexflow-locks"
 LEASE_SECONDS = 60.0
 POLL_START = 0.1
 POLL_MAX = 1.0
-
-
-class TableBusyError(StoreError):
-    """Another run holds the table's writer lock; facts `table`, `db_uri`, `lock`, `waited_seconds`, `holder`."""
 
 
 def is_local(db_uri: str) -> bool:

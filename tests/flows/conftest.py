@@ -8,6 +8,16 @@ import pytest
 
 from tests.prefect_server import prefect_server
 
+pytest.register_assert_rewrite("tests.flows.service_fixtures")
+# session fixtures of the service tests, registered here once for the whole session
+from tests.flows.service_fixtures import (  # noqa: E402,F401
+    deployed,
+    prefect_in_process,
+    semu,
+    standalone_emulator,
+    worker,
+)
+
 
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
@@ -22,10 +32,12 @@ def prefect_api(tmp_path_factory):
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url, PREFECT_HOME: str(home)}):
                 yield api_url
-                # send queued run logs while the server is still there to take them
-                from prefect.logging.handlers import APILogHandler
+                # send queued run logs and events while the server is still there to take them
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
 
-                APILogHandler.flush()
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
         finally:
             for k, v in old.items():
                 if v is None:

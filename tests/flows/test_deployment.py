@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-pytest.register_assert_rewrite("tests.flows.service_fixtures")
 from tests.flows.service_fixtures import (  # noqa: E402
     run_deployment_cli,
     summary_rows,
@@ -16,8 +15,6 @@ from tests.flows.service_fixtures import (  # noqa: E402
     write_corpus,
 )
 
-# registered once as a plugin, so its session fixtures are one per session (not one per module)
-pytest_plugins = ["tests.flows.service_fixtures"]
 
 pytestmark = pytest.mark.slow
 

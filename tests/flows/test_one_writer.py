@@ -16,7 +16,6 @@ from tasks.writer_lock import (
     table_writer,
     writer_limit_name,
 )
-pytest.register_assert_rewrite("tests.flows.service_fixtures")
 from tests.flows.service_fixtures import (  # noqa: E402
     REPO,
     run_deployments_cli,
@@ -26,8 +25,6 @@ from tests.flows.service_fixtures import (  # noqa: E402
     write_corpus,
 )
 
-# registered once as a plugin, so its session fixtures are one per session (not one per module)
-pytest_plugins = ["tests.flows.service_fixtures"]
 
 
 def test_backend_follows_where_the_table_lives():

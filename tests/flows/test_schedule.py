@@ -12,11 +12,8 @@ from datetime import timezone
 import pytest
 import yaml
 
-pytest.register_assert_rewrite("tests.flows.service_fixtures")
 from tests.flows.service_fixtures import POOL, REPO  # noqa: E402
 
-# registered once as a plugin, so its session fixtures are one per session (not one per module)
-pytest_plugins = ["tests.flows.service_fixtures"]
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("tests.flows.service_fixtures")
 from tests.flows.service_fixtures import TEST_KEY, run_deployment_cli, wait_final, write_corpus  # noqa: E402
 
-# registered once as a plugin, so its session fixtures are one per session (not one per module)
-pytest_plugins = ["tests.flows.service_fixtures"]
 
 pytestmark = pytest.mark.slow
 

@@ -9,11 +9,8 @@ import time
 import pytest
 
 from emulator.faults import FaultInjector
-pytest.register_assert_rewrite("tests.flows.service_fixtures")
 from tests.flows.service_fixtures import table_ids, write_corpus  # noqa: E402
 
-# registered once as a plugin, so its session fixtures are one per session (not one per module)
-pytest_plugins = ["tests.flows.service_fixtures"]
 
 pytestmark = pytest.mark.slow
 
