@@ -6,23 +6,24 @@ import pytest
 from google import genai
 from google.genai import types
 
-from emulator.config import EmulatorConfig
+from emulator.config import BatchConfig, EmulatorConfig
 from emulator.server import RunningEmulator, running_emulator
 
 SDK_TIMEOUT_MS = 30_000
+FAST_BATCHES = {"pending_seconds": 0.05, "running_seconds": 0.3}
 
 
 @pytest.fixture(scope="session")
 def emulator() -> RunningEmulator:
-    """The session's emulator (unlimited limits, no faults, no latency)."""
-    with running_emulator(EmulatorConfig()) as running:
+    """The session's emulator (unlimited limits, no faults, no latency; batch jobs done in 0.35 s)."""
+    with running_emulator(EmulatorConfig(batch=BatchConfig(**FAST_BATCHES))) as running:
         yield running
 
 
 @pytest.fixture
 def emu(emulator: RunningEmulator) -> RunningEmulator:
-    """The session's emulator after a reset: startup limits and config, no faults, zero stats."""
-    emulator.admin.reset()
+    """The session's emulator after a reset: startup config, no faults, zero stats, no jobs or files."""
+    emulator.admin.reset(jobs=True)
     return emulator
 
 

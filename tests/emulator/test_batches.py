@@ -18,23 +18,15 @@ from google.genai import errors, types
 from emulator.config import BatchConfig, EmulatorConfig
 from emulator.embedding import count_tokens, embed_texts
 from emulator.server import RunningEmulator, running_emulator
+from tests.conftest import FAST_BATCHES
 
 MODEL = "gemini-embedding-001"
-FAST = {"pending_seconds": 0.1, "running_seconds": 0.3}
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningEmulator]:
-    with running_emulator(EmulatorConfig(batch=BatchConfig(**FAST))) as running:
-        yield running
 
 
-@pytest.fixture
-def emu(server: RunningEmulator) -> RunningEmulator:
-    server.admin.reset(jobs=True)
-    return server
 
 
 def make_client(emu: RunningEmulator) -> genai.Client:
@@ -212,7 +204,7 @@ def test_cancel_and_delete(emu, client):
     client.batches.cancel(name=job.name)  # cancelling a cancelled job is a no-op
     assert emu.admin.stats()["batches.state.CANCELLED"] == 1
 
-    emu.admin.set_batch_config(FAST)
+    emu.admin.set_batch_config(FAST_BATCHES)
     finished = wait_done(client, create_inline(client, ["three"]).name)
     with pytest.raises(errors.ClientError) as info:
         client.batches.cancel(name=finished.name)

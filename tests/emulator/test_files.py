@@ -16,16 +16,8 @@ from google.genai import errors, types
 from emulator.server import RunningEmulator, running_emulator
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RunningEmulator]:
-    with running_emulator() as running:
-        yield running
 
 
-@pytest.fixture
-def emu(server: RunningEmulator) -> RunningEmulator:
-    server.admin.reset(jobs=True)
-    return server
 
 
 @pytest.fixture

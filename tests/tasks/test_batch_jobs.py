@@ -33,22 +33,13 @@ from tasks.store import VectorStore
 
 REPO = Path(__file__).resolve().parents[2]
 SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
-FAST = {"pending_seconds": 0.05, "running_seconds": 0.3}
 OPTS = BatchOptions(poll_seconds=0.02)
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running_emulator(EmulatorConfig(batch=BatchConfig(**FAST))) as running:
-        yield running
 
 
-@pytest.fixture
-def emu(server: RunningEmulator) -> RunningEmulator:
-    server.admin.reset(jobs=True)
-    return server
 
 
 @pytest.fixture

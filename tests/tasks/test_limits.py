@@ -11,22 +11,9 @@ import pytest
 from tasks.errors import ConfigError, DailyQuotaError
 from tasks.limits import AdaptiveConcurrency, RateLimiter
 from tasks.settings import Limits
+from tests.fakes import FakeClock
 
 
-class FakeClock:
-    """Time that moves only when someone sleeps; sleeping records the delays asked for."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def limiter(clock: FakeClock, **limits) -> RateLimiter:

@@ -19,19 +19,9 @@ from tasks.errors import (
 from tasks.limits import RateLimiter
 from tasks.retry import RetryPolicy, call_with_retries, embed_resolving
 from tasks.settings import Limits
+from tests.fakes import FakeClock
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Flaky:
