@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json as jsonlib
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Annotated, Literal
 
 from cyclopts import App, Parameter
 
+from flows.batches_cli import batches_app
 from tasks.errors import ConfigError, DailyQuotaError, IndexflowError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
@@ -21,6 +23,7 @@ app = App(
     "Without GEMINI_API_KEY every command uses the built-in Gemini API emulator.",
     result_action="return_value",
 )
+app.command(batches_app)
 
 
 @Parameter(name="*")
@@ -119,25 +122,17 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
         Print the run summary as JSON.
     """
     _quiet_prefect()
-    from flows.index_corpus import index_corpus, summarize  # noqa: F401  (imports Prefect)
+    from flows.index_corpus import index_corpus  # imports Prefect: only when indexing
     from tasks.report import RunSummary
 
     if not os.environ.get("GEMINI_API_KEY") and not os.environ.get("GOOGLE_GEMINI_BASE_URL"):
         print("No GEMINI_API_KEY set: embedding with the built-in Gemini API emulator (lexical vectors, "
               "not Gemini's).", file=sys.stderr)
-    result = index_corpus(**o.flow_params(corpus, t))
-    if hasattr(result, "__await__"):
-        import asyncio
-
-        result = asyncio.run(result)
+    result = asyncio.run(index_corpus(**o.flow_params(corpus, t)))
     if json:
         print(jsonlib.dumps(result, indent=2, default=str))
     else:
-        summary = RunSummary(**{k: v for k, v in result.items()
-                                if k in RunSummary.__dataclass_fields__ and k != "plan"})
-        from tasks.plan import PlanCounts
-
-        summary.plan = PlanCounts(**{k: v for k, v in result["plan"].items() if k in PlanCounts.__dataclass_fields__})
+        summary = RunSummary.from_dict(result)
         _print_rows(summary.rows(), f"indexflow: {t.table}")
     return EXIT_OK
 
@@ -213,20 +208,15 @@ def query(text: str, *, t: TableOptions = TableOptions(),
         print(jsonlib.dumps([asdict(h) for h in hits], indent=2))
         return EXIT_OK
     from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(title=f"{text!r} in {t.table}")
-    for col in ("rank", "score", "document", "title", "snippet"):
-        table.add_column(col, overflow="fold")
+    console = Console(highlight=False)
+    console.print(f"[bold]{len(hits)} hit(s) for {escape(repr(text))} in {escape(t.table)}[/bold]")
     for h in hits:
-        table.add_row(str(h.rank), f"{h.score:.4f}", h.doc_id, h.title[:40], h.snippet(160))
-    Console().print(table)
+        title = f" — {escape(h.title)}" if h.title else ""
+        console.print(f"[bold]{h.rank:>2}.[/bold] {h.score:.4f}  [cyan]{escape(h.doc_id)}[/cyan]{title}")
+        console.print(f"    {escape(h.snippet(200))}")
     return EXIT_OK
-
-
-from flows.batches_cli import batches_app  # noqa: E402  (the `indexflow batches ...` commands)
-
-app.command(batches_app)
 
 
 @app.command

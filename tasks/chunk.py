@@ -75,10 +75,12 @@ def chunk_document(doc: Document, recipe: Recipe, *, max_tokens: int, overlap_to
     title = " ".join(doc.title.split())
     if not text:
         return []
-    if estimate_tokens(text) <= max_tokens:
-        pieces = [text]
+    whole = estimate_tokens(text)
+    if whole <= max_tokens:
+        pieces = [(text, whole)]
     else:
-        pieces = [text[start:end] for start, end in _split(text, max_tokens, overlap_tokens)]
+        pieces = [(text[start:end], estimate_tokens(text[start:end]))
+                  for start, end in _split(text, max_tokens, overlap_tokens)]
     return [
         Chunk(
             id=f"{doc.id}#{ordinal}",
@@ -87,10 +89,10 @@ def chunk_document(doc: Document, recipe: Recipe, *, max_tokens: int, overlap_to
             text=piece,
             title=title,
             source=doc.source,
-            tokens=estimate_tokens(piece),
+            tokens=tokens,
             content_hash=recipe.content_hash(title, piece),
         )
-        for ordinal, piece in enumerate(pieces)
+        for ordinal, (piece, tokens) in enumerate(pieces)
     ]
 
 

@@ -60,6 +60,13 @@ class RunSummary:
         """What the same tokens would have cost through the online API."""
         return (self.tokens + self.batch_tokens) * PRICE_PER_MILLION_TOKENS["online"] / 1e6
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSummary":
+        """Rebuild from `as_dict()` (what the flow returns); derived figures are recomputed."""
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "plan"}
+        plan = {k: v for k, v in d.get("plan", {}).items() if k in PlanCounts.__dataclass_fields__}
+        return cls(**fields, plan=PlanCounts(**plan))
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["plan"] = self.plan.as_dict()
