@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of fault draws and latency jitter")
     p.add_argument("--fault", action="append", default=[], metavar="KIND=RATE",
                    help="random fault per call, e.g. 503=0.05 (repeatable)")
-    p.add_argument("--fault-script", action="append", default=[], metavar="KINDxCOUNT",
-                   help="the next calls' faults in order, e.g. 503x3 (repeatable)")
+    p.add_argument("--fault-script", action="append", default=[], metavar="[TARGET:]KINDxCOUNT",
+                   help="the next calls' faults in order, e.g. 503x3, or batch_create:drop for job creation (repeatable)")
     p.add_argument("--hang-seconds", type=float, default=600.0)
     p.add_argument("--api-key", action="append", default=[], help="accepted key (repeatable; default emulator-key)")
     p.add_argument("--state-dir", type=Path, help="keep batch jobs and files here across restarts")

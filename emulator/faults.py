@@ -10,6 +10,11 @@ Kinds (emulator.config.FAULT_KINDS) and what a client sees:
   "wrong_count"  200 with one embedding fewer than the texts sent
 The script is consumed first, one call per unit of `count`; otherwise one seeded draw per call
 picks at most one kind by its rate (rates should sum to at most 1).
+
+A script entry may name a `target`: "embed" (the default: batchEmbedContents / embedContent) or
+"batch_create" (asyncBatchEmbedContent). At batch creation 500, 503 and 429 refuse the call and
+create nothing; "drop" and "hang" CREATE the job and then lose the answer — the window in which a
+client that simply retries pays twice. Rates apply to embedding calls only.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from collections.abc import Iterable, Mapping
 
 from emulator.config import FAULT_KINDS
 
+TARGETS = ("embed", "batch_create")
+
 
 def _check_kind(kind: str) -> str:
     if kind not in FAULT_KINDS:
@@ -28,11 +35,13 @@ def _check_kind(kind: str) -> str:
 
 
 def parse_script_spec(spec: str) -> dict:
-    """`"503x3"` -> {"kind": "503", "count": 3}; a bare kind means one call."""
-    kind, _, count = spec.partition("x")  # no fault kind contains an "x"
-    if count and not count.isdigit():
-        raise ValueError(f"fault script {spec!r} must look like KIND or KINDxCOUNT, e.g. 503x3")
-    return {"kind": _check_kind(kind), "count": int(count) if count else 1}
+    """`"503x3"` -> {"kind": "503", "count": 3, "target": "embed"}; `"batch_create:dropx1"` aims at batch creation."""
+    target, _, rest = spec.rpartition(":")
+    kind, _, count = rest.partition("x")  # no fault kind contains an "x"
+    if (count and not count.isdigit()) or (target and target not in TARGETS):
+        raise ValueError(f"fault script {spec!r} must look like [TARGET:]KIND[xCOUNT], e.g. 503x3 or "
+                         f"batch_create:drop (targets: {', '.join(TARGETS)})")
+    return {"kind": _check_kind(kind), "count": int(count) if count else 1, "target": target or "embed"}
 
 
 def parse_rate_spec(spec: str) -> tuple[str, float]:
@@ -65,9 +74,12 @@ class FaultInjector:
         clear: bool = False,
     ) -> None:
         """Clear (first, if asked), then append `script` entries, replace `rates`, re-seed."""
-        entries = [{"kind": _check_kind(str(e["kind"])), "count": int(e.get("count", 1))} for e in script or []]
+        entries = [{"kind": _check_kind(str(e["kind"])), "count": int(e.get("count", 1)),
+                    "target": str(e.get("target", "embed"))} for e in script or []]
         if any(e["count"] < 1 for e in entries):
             raise ValueError("a fault script entry needs count >= 1")
+        if any(e["target"] not in TARGETS for e in entries):
+            raise ValueError(f"a fault script entry's target must be one of {', '.join(TARGETS)}")
         checked = {_check_kind(str(k)): float(v) for k, v in (rates or {}).items()}
         if any(not 0 <= v <= 1 for v in checked.values()) or sum(checked.values()) > 1 + 1e-9:
             raise ValueError(f"fault rates must be probabilities summing to at most 1, got {checked}")
@@ -82,16 +94,16 @@ class FaultInjector:
                 self._seed = seed
                 self._rng = random.Random(seed)
 
-    def next_fault(self) -> str | None:
-        """The fault for the next call: the script's head, else a seeded draw over the rates."""
+    def next_fault(self, target: str = "embed") -> str | None:
+        """The fault for the next call to `target`: its first script entry, else (embed) a seeded draw."""
         with self._lock:
-            if self._script:
-                head = self._script[0]
+            head = next((e for e in self._script if e["target"] == target), None)
+            if head is not None:
                 head["count"] -= 1
                 if head["count"] == 0:
-                    self._script.pop(0)
+                    self._script.remove(head)
                 return head["kind"]
-            if not self._rates:
+            if target != "embed" or not self._rates:
                 return None
             draw = self._rng.random()
             for kind in FAULT_KINDS:

@@ -74,7 +74,7 @@ async def model_method(version: str, model_method: str, request: Request) -> Res
         raise model_not_found(model, version, method)
     body = await read_json(request)
     if method == "asyncBatchEmbedContent":
-        return json_response(await emu.batches.create(version, model, body))
+        return await create_batch(emu, request, version, model, body)
     if method == "batchEmbedContents":
         items = parse_batch(body, model, max_tokens=emu.config.max_input_tokens)
         return await serve_embeddings(emu, request, items, single=False)
@@ -216,6 +216,23 @@ async def serve_embeddings(emu: Emulator, request: Request, items: list[EmbedIte
     if single:
         return json_response({"embedding": {"values": vectors[0]}} if vectors else {})
     return json_response({"embeddings": [{"values": v} for v in vectors]})
+
+
+async def create_batch(emu: Emulator, request: Request, version: str, model: str, body: dict) -> Response:
+    """Create a Batch API job, applying a fault scripted for target "batch_create" if any."""
+    fault = emu.faults.next_fault("batch_create")
+    if fault is not None:
+        emu.stats.add(f"faults.batch_create.{fault}")
+    if fault in ("500", "503", "429"):
+        return {"500": internal, "503": overloaded, "429": bare_resource_exhausted}[fault]().response()
+    operation = await emu.batches.create(version, model, body)
+    if fault == "drop":
+        return DroppedResponse()  # the job exists; its name never reaches the client
+    if fault == "hang":
+        return await _hang(request, emu.config.hang_seconds)
+    if fault == "malformed":
+        return Response(b'{"name": "batches/', media_type="application/json")
+    return json_response(operation)
 
 
 def embed_items(items: list[EmbedItem]) -> list[np.ndarray]:

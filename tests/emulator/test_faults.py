@@ -155,7 +155,31 @@ def test_cli_parses_fault_rates_scripts_and_tiers():
     assert config.fault_rates == {"503": 0.05, "drop": 0.01}
     assert config.batch.item_failure_rate == 0.1
     assert config.api_keys == ("k1", "k2")
-    assert parse_script_spec("503x3") == {"kind": "503", "count": 3}
-    assert parse_script_spec("wrong_count") == {"kind": "wrong_count", "count": 1}
+    assert parse_script_spec("503x3") == {"kind": "503", "count": 3, "target": "embed"}
+    assert parse_script_spec("wrong_count") == {"kind": "wrong_count", "count": 1, "target": "embed"}
+    assert parse_script_spec("batch_create:dropx2") == {"kind": "drop", "count": 2, "target": "batch_create"}
+    with pytest.raises(ValueError):
+        parse_script_spec("nowhere:503")
     with pytest.raises(ValueError):
         parse_script_spec("teapotx2")
+
+
+def test_batch_create_faults_refuse_or_lose_the_answer(emu, genai_client):
+    from google.genai import errors
+
+    src = {"inlined_requests": {"contents": ["one", "two"],
+                                "config": {"task_type": "RETRIEVAL_DOCUMENT", "output_dimensionality": 768}}}
+    emu.admin.set_faults(script=[{"kind": "429", "count": 1, "target": "batch_create"},
+                                 {"kind": "drop", "count": 1, "target": "batch_create"}])
+    with pytest.raises(errors.ClientError) as info:  # a bare 429: no job
+        genai_client.batches.create_embeddings(model="gemini-embedding-001", src=src,
+                                               config={"display_name": "refused"})
+    assert info.value.code == 429 and "details" not in info.value.details["error"]
+    assert emu.admin.stats().get("batches.created", 0) == 0
+    # online embedding calls are not affected by batch-create scripts
+    assert len(genai_client.models.embed_content(model="gemini-embedding-001", contents=["x"]).embeddings) == 1
+    with pytest.raises(Exception):  # the job is made, the answer is lost
+        genai_client.batches.create_embeddings(model="gemini-embedding-001", src=src,
+                                               config={"display_name": "lost-answer"})
+    assert emu.admin.stats()["batches.created"] == 1
+    assert [j.display_name for j in genai_client.batches.list()] == ["lost-answer"]

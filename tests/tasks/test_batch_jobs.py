@@ -464,3 +464,28 @@ def test_create_rejection_is_not_retried_and_a_failed_lookup_is_unknown():
 
     result, calls = _create_once([TransientAPIError("x", status=500)], [TransientAPIError("list", status=503)])
     assert isinstance(result, BatchJobError) and result.state == "UNKNOWN" and calls["create"] == 1
+
+
+# -- faults at batch creation, through the real SDK and the emulator ------------------------------
+
+
+@pytest.mark.parametrize("kind", ["drop", "hang"])
+def test_a_create_whose_answer_is_lost_is_adopted_not_paid_twice(emu, corpus_300, tmp_path, kind):
+    # "drop"/"hang": the emulator creates the job, then the answer never arrives.
+    emu.admin.set_faults(script=[{"kind": kind, "count": 1, "target": "batch_create"}])
+    ep = Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url, timeout_seconds=1.0)
+    s = settings_for(corpus_300, tmp_path)
+    out = batch(s, ep)
+    assert out.error is None and out.status == "completed" and out.committed_rows == 300
+    stats = emu.admin.stats()
+    assert stats[f"faults.batch_create.{kind}"] == 1
+    assert stats["batches.created"] == 1, "the lost job was found by its display name, not created again"
+
+
+@pytest.mark.parametrize("kind", ["429", "503"])
+def test_a_refused_create_is_retried_and_makes_one_job(emu, endpoint, corpus_300, tmp_path, kind):
+    emu.admin.set_faults(script=[{"kind": kind, "count": 2, "target": "batch_create"}])
+    out = batch(settings_for(corpus_300, tmp_path), endpoint)
+    assert out.error is None and out.committed_rows == 300
+    stats = emu.admin.stats()
+    assert stats[f"faults.batch_create.{kind}"] == 2 and stats["batches.created"] == 1
