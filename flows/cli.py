@@ -134,6 +134,13 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
     else:
         summary = RunSummary.from_dict(result)
         _print_rows(summary.rows(), f"indexflow: {t.table}")
+        for line in summary.problems[:10]:
+            print(f"skipped: {line}", file=sys.stderr)
+        for line in summary.failures[:10]:
+            print(f"dead-lettered: {line}", file=sys.stderr)
+        if summary.dead_lettered:
+            print(f"{summary.dead_lettered} chunk(s) are in {t.table}__dead_letters; fix the cause, then "
+                  "run again with --retry-failed", file=sys.stderr)
     return EXIT_OK
 
 
