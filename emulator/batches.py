@@ -29,6 +29,7 @@ on reaching SUCCEEDED/FAILED/CANCELLED/EXPIRED), `batches.items_failed` (error e
 SUCCEEDED jobs), `tokens.batch` (count_tokens of the texts embedded by SUCCEEDED jobs, billed at
 the batch price), `errors.batch.<http code>` (errors answered by create/get/list/cancel/delete).
 Terminal transitions are noticed when a job is read; `refresh()` notices them all at once.
+Input parsing lives in `emulator.batch_items`, result computation in `emulator.batch_output`.
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ import math
 import secrets
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,10 @@ from fastapi.responses import Response
 
 from emulator import jobstate
 from emulator.auth import require_api_key
+from emulator.batch_items import parse_input
+from emulator.batch_output import compute_results, mark_injected_failures, output_jsonl
 from emulator.config import EmulatorConfig
-from emulator.embedding import count_tokens, embed_texts
+from emulator.embedding import count_tokens
 from emulator.files import FileStore, check_version
 from emulator.google_errors import (
     GoogleError,
@@ -64,14 +65,7 @@ from emulator.stats import Stats
 router = APIRouter()
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"})
-MAX_ITEM_TOKENS = 2048
-MIN_DIM, MAX_DIM, DEFAULT_DIM = 128, 3072, 3072
-TASK_TYPES = frozenset({
-    "TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
-    "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY",
-})
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000
-INJECTED_ITEM_ERROR = {"code": 13, "message": "Internal error encountered while embedding this request."}
 FAILED_JOB_ERROR = {"code": 13, "message": "Batch job failed: an internal error has occurred."}
 
 
@@ -141,30 +135,7 @@ class BatchStore:
                 f"(this request has {size}). Upload larger inputs as a JSONL file through the Files "
                 "API and pass its name as inputConfig.fileName."
             )
-        batch = body.get("batch") if isinstance(body, dict) else None
-        if not isinstance(batch, dict):
-            raise invalid_argument("Invalid request: the body has no 'batch' object.")
-        input_config = batch.get("inputConfig") or batch.get("input_config")
-        if not isinstance(input_config, dict):
-            raise invalid_argument("* EmbedContentBatch.input_config: a batch needs an input config.")
-        file_name = input_config.get("fileName") or input_config.get("file_name")
-        requests = input_config.get("requests")
-        if (file_name is None) == (requests is None):
-            raise invalid_argument(
-                "* EmbedContentBatch.input_config: set exactly one of 'requests' (inline) or 'file_name'."
-            )
-        if file_name is not None:
-            items = _items_from_file(self._read_input_file(str(file_name)), str(file_name),
-                                     self.config.max_input_tokens)
-        else:
-            entries = requests.get("requests") if isinstance(requests, dict) else None
-            if not isinstance(entries, list):
-                raise invalid_argument("* EmbedContentBatch.input_config.requests.requests: must be a list.")
-            items = [_item_from_request(entry.get("request") if isinstance(entry, dict) else None,
-                                        key=None, label=f"requests[{i}]", max_tokens=self.config.max_input_tokens)
-                     for i, entry in enumerate(entries)]
-        if not items:
-            raise invalid_argument("* EmbedContentBatch.input_config: the batch has no requests.")
+        batch, file_name, items = parse_input(body, self.config.max_input_tokens, self._read_input_file)
 
         with self._lock:
             now = self._clock()
@@ -189,7 +160,7 @@ class BatchStore:
                 "finished": False,
                 "outputFile": None,
             }
-            self._mark_injected_failures(job, batch_config.item_failure_rate)
+            mark_injected_failures(items, self.config.seed, job_id, batch_config.item_failure_rate)
             self._jobs[job_id] = job
             self._persist(job)
             self.stats.add("batches.created")
@@ -216,13 +187,6 @@ class BatchStore:
             batch_config.expire_next_jobs -= 1
             return "EXPIRED"
         return "SUCCEEDED"
-
-    def _mark_injected_failures(self, job: dict[str, Any], rate: float) -> None:
-        if rate <= 0:
-            return
-        for index, item in enumerate(job["items"]):
-            if item["error"] is None and _uniform(self.config.seed, job["id"], index) < rate:
-                item["error"] = dict(INJECTED_ITEM_ERROR)
 
     def _new_id(self) -> str:
         while True:
@@ -270,7 +234,7 @@ class BatchStore:
         job["finished"] = True
         self.stats.add(f"batches.state.{state}")
         if state == "SUCCEEDED":
-            results = self._results(job)
+            results = compute_results(job["items"])
             failed = sum(1 for r in results if "error" in r)
             self.stats.add("batches.items_failed", failed)
             self.stats.add("tokens.batch", sum(
@@ -282,33 +246,8 @@ class BatchStore:
                 self._inline_output[job["id"]] = results
         self._persist(job)
 
-    def _results(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        """One `{"response": ...}` or `{"error": ...}` per item, in input order."""
-        results: list[dict[str, Any]] = [{"error": item["error"]} for item in job["items"]]
-        groups: dict[tuple[int, str | None], list[int]] = defaultdict(list)
-        for index, item in enumerate(job["items"]):
-            if item["error"] is None:
-                groups[(item["dim"], item["taskType"])].append(index)
-        for (dim, task_type), indices in groups.items():
-            items = [job["items"][i] for i in indices]
-            titles = [item["title"] for item in items]
-            vectors = embed_texts(
-                [item["text"] for item in items], dim, task_type,
-                titles if any(titles) else None,
-            )
-            for index, vector in zip(indices, vectors):
-                results[index] = {"response": {"embedding": {"values": vector}}}
-        return results
-
     def _write_output_file(self, job: dict[str, Any], results: list[dict[str, Any]]) -> str:
-        lines = []
-        for item, result in zip(job["items"], results):
-            line = {"key": item["key"]} if item["key"] is not None else {}
-            line.update(result)
-            lines.append(line)
-        # A stable shuffle keyed on the job: clients must match lines by key, never by position.
-        order = sorted(range(len(lines)), key=lambda i: _digest(f"{job['id']}:{i}"))
-        data = b"".join(orjson.dumps(lines[i], option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for i in order)
+        data = output_jsonl(job["id"], job["items"], results)
         record = self.files.put_bytes(f"{job['displayName'] or job['id']}-output", "application/jsonl", data)
         return f"files/{record['id']}"
 
@@ -415,7 +354,7 @@ class BatchStore:
             return {"responsesFile": job["outputFile"]}
         results = self._inline_output.get(job["id"])
         if results is None:  # restarted emulator: vectors are a pure function of the inputs
-            results = self._inline_output[job["id"]] = self._results(job)
+            results = self._inline_output[job["id"]] = compute_results(job["items"])
         return {"inlinedResponses": {"inlinedResponses": results}}
 
     def _counting_errors(self) -> _ErrorCounter:
@@ -435,79 +374,6 @@ class _ErrorCounter:
         if isinstance(exc, GoogleError):
             self.stats.add(f"errors.batch.{exc.code}")
         return False
-
-
-# -- input parsing ----------------------------------------------------------------------------
-
-
-def _digest(text: str) -> bytes:
-    return blake2b(text.encode(), digest_size=8).digest()
-
-
-def _uniform(seed: int, job_id: str, index: int) -> float:
-    return int.from_bytes(_digest(f"{seed}:{job_id}:{index}"), "big") / 2**64
-
-
-def _new_item(key: str | None, error: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"key": key, "text": "", "title": None, "taskType": None, "dim": DEFAULT_DIM, "error": error}
-
-
-def _bad(label: str, message: str) -> dict[str, Any]:
-    return {"code": 3, "message": f"{label}: {message}"}
-
-
-def _item_from_request(request: Any, key: str | None, label: str,
-                       max_tokens: int = MAX_ITEM_TOKENS) -> dict[str, Any]:
-    """One job item from an EmbedContentRequest; an invalid request becomes an item error."""
-    item = _new_item(key)
-    if not isinstance(request, dict):
-        item["error"] = _bad(label, "has no 'request' object.")
-        return item
-    content = request.get("content")
-    parts = content.get("parts") if isinstance(content, dict) else None
-    parts = parts if isinstance(parts, list) else []
-    texts = [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    item["text"] = " ".join(texts)
-    item["title"] = request.get("title") if isinstance(request.get("title"), str) else None
-    task_type = request.get("taskType") or request.get("task_type")
-    item["taskType"] = task_type if isinstance(task_type, str) else None
-    dim = request.get("outputDimensionality", request.get("output_dimensionality"))
-    if not texts:
-        item["error"] = _bad(label, "content has no text parts.")
-    elif not item["text"].strip():
-        item["error"] = _bad(label, "the text is empty.")
-    elif (tokens := count_tokens(item["text"])) > max_tokens:
-        item["error"] = _bad(label, f"the input has {tokens} tokens, more than the {max_tokens} allowed.")
-    elif item["taskType"] is not None and item["taskType"] not in TASK_TYPES:
-        item["error"] = _bad(label, f"unknown task type {item['taskType']!r}.")
-    elif dim is not None and (type(dim) is not int or not MIN_DIM <= dim <= MAX_DIM):
-        item["error"] = _bad(label, f"output dimensionality {dim!r} is outside {MIN_DIM}..{MAX_DIM}.")
-    elif dim is not None:
-        item["dim"] = dim
-    return item
-
-
-def _items_from_file(data: bytes, file_name: str, max_tokens: int = MAX_ITEM_TOKENS) -> list[dict[str, Any]]:
-    """Job items from a JSONL input file; malformed lines become item errors naming the line."""
-    items = []
-    for number, raw in enumerate(data.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        label = f"{file_name} line {number}"
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            line = None
-            error = _bad(label, f"not valid JSON ({exc}).")
-        else:
-            error = None if isinstance(line, dict) else _bad(label, "is not a JSON object.")
-        key = line.get("key") if isinstance(line, dict) else None
-        key = str(key) if key is not None else None
-        if error is not None:
-            items.append(_new_item(key, error))
-            continue
-        items.append(_item_from_request(line.get("request"), key, f"{label} (key {key!r})", max_tokens))
-    return items
 
 
 # -- routes -----------------------------------------------------------------------------------

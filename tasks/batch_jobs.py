@@ -55,7 +55,8 @@ from tasks.online import corpus_chunks, make_planner, open_store
 from tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner
 from tasks.problems import ProblemLog
 from tasks.settings import Endpoint, Settings
-from tasks.store import FailedItem, GroupWriter, VectorStore
+from tasks.store import FailedItem, VectorStore
+from tasks.writer import GroupWriter
 
 log = logging.getLogger("indexflow.batch")
 

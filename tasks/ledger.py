@@ -29,7 +29,7 @@ from lancedb.expr import col
 
 from tasks.chunk import Chunk
 from tasks.errors import StoreError
-from tasks.store import PK_METADATA, UTC_US, _open_or_create, _open_or_none
+from tasks.store import PK_METADATA, UTC_US, open_or_create, open_or_none
 
 JOBS_SUFFIX = "__batch_jobs"
 ITEMS_SUFFIX = "__batch_items"
@@ -143,15 +143,15 @@ class Ledger:
         """The ledger of index `table` at `uri`; StoreError when missing and `create` is False."""
         db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
         if create:
-            jobs = _open_or_create(db, table + JOBS_SUFFIX, JOBS_SCHEMA, "key")
-            items = _open_or_none(db, table + ITEMS_SUFFIX) or _create_items(db, table + ITEMS_SUFFIX)
+            jobs = open_or_create(db, table + JOBS_SUFFIX, JOBS_SCHEMA, "key")
+            items = open_or_none(db, table + ITEMS_SUFFIX) or _create_items(db, table + ITEMS_SUFFIX)
         else:
-            jobs = _open_or_none(db, table + JOBS_SUFFIX)
+            jobs = open_or_none(db, table + JOBS_SUFFIX)
             if jobs is None:
                 raise StoreError(
                     f"no batch-job ledger for table {table!r} in {uri}; no batch run has used this table "
                     "(check --db/--table)", table=table, uri=uri)
-            items = _open_or_none(db, table + ITEMS_SUFFIX)
+            items = open_or_none(db, table + ITEMS_SUFFIX)
         return cls(db, table, jobs, items)
 
     # -- jobs -----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from tasks.gemini import make_client
 from tasks.plan import Planner, PlanCounts
 from tasks.problems import ProblemLog
 from tasks.settings import Endpoint, Settings
-from tasks.store import FailedItem, GroupWriter, VectorStore
+from tasks.store import FailedItem, VectorStore
+from tasks.writer import GroupWriter
 
 
 def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:

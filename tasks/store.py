@@ -1,4 +1,4 @@
-"""The one LanceDB module: schema, open with fresh reads, upserts, grouped writes, deletes, dead letters.
+"""The one LanceDB module: schema, open with fresh reads, upserts, deletes, dead letters.
 
 Safe writes rest on two facts measured for lancedb 0.40 (see ../shared/reference/lancedb.md):
 concurrent or stale `merge_insert` of the same new keys inserts duplicates unless `id` is
@@ -6,13 +6,12 @@ non-nullable and declared the table's (unenforced) primary key; and a stale hand
 `delete` miss new rows. So every table is created with the key and opened with
 `read_consistency_interval=0`. The embedding recipe lives in the Arrow schema metadata under
 `indexflow.recipe`; it survives `merge_insert`, `delete`, `optimize` and index builds.
-Indexes and queries live in `tasks.search`.
+Indexes and queries live in `tasks.search`; grouped writes in `tasks.writer`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -168,7 +167,7 @@ def _id_batches(ids: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _open_or_none(db: lancedb.DBConnection, name: str):
+def open_or_none(db: lancedb.DBConnection, name: str):
     try:
         return db.open_table(name)
     except ValueError as exc:
@@ -184,8 +183,8 @@ def _ensure_key(table, key: str):
     return table
 
 
-def _open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: str):
-    table = _open_or_none(db, name)
+def open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: str):
+    table = open_or_none(db, name)
     if table is None:
         try:
             table = db.create_table(name, schema=schema)
@@ -230,14 +229,14 @@ class VectorStore:
                 raise StoreError(f"cannot rebuild table {name!r} without a recipe", table=name)
             db.drop_table(name, ignore_missing=True)
             db.drop_table(name + DEAD_LETTER_SUFFIX, ignore_missing=True)
-        table = _open_or_none(db, name)
+        table = open_or_none(db, name)
         if table is None:
             if not create or recipe is None:
                 raise StoreError(
                     f"no index table {name!r} in {uri}; run `indexflow index` first or check --db/--table",
                     table=name, uri=uri,
                 )
-            table = _open_or_create(db, name, chunk_schema(recipe), "id")
+            table = open_or_create(db, name, chunk_schema(recipe), "id")
         stored = (table.schema.metadata or {}).get(RECIPE_KEY.encode())
         stored_text = stored.decode() if stored is not None else None
         stored_recipe = _parse_recipe(stored_text)
@@ -324,7 +323,7 @@ class VectorStore:
         if self._dead is None:
             name = self.name + DEAD_LETTER_SUFFIX
             self._dead = (
-                _open_or_create(self.db, name, DEAD_LETTER_SCHEMA, "chunk_id") if create else _open_or_none(self.db, name)
+                open_or_create(self.db, name, DEAD_LETTER_SCHEMA, "chunk_id") if create else open_or_none(self.db, name)
             )
         return self._dead
 
@@ -399,85 +398,3 @@ def _parse_recipe(text: str | None) -> Recipe | None:
         return Recipe.from_json(text)
     except (ValueError, TypeError):
         return None  # written by another indexflow version: treat as a mismatch, never guess
-
-
-class GroupWriter:
-    """Buffers (chunk, vector) pairs and commits them in groups of `group_rows` rows or `group_seconds`.
-
-    A crash loses at most the group in flight, and the table gets few large fragments instead of
-    many tiny ones. Stale ids queued with `delete` are removed only at `flush`, after the rows that
-    replace them are written, so a document is never briefly missing from the index.
-    """
-
-    def __init__(
-        self,
-        store: VectorStore,
-        *,
-        group_rows: int = 5_000,
-        group_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if group_rows < 1 or group_seconds <= 0:
-            raise StoreError(f"group_rows must be >= 1 and group_seconds > 0, got {group_rows}, {group_seconds}")
-        self.store = store
-        self.group_rows = group_rows
-        self.group_seconds = group_seconds
-        self.clock = clock
-        self._batches: list[pa.RecordBatch] = []
-        self._buffered = 0
-        self._first_at: float | None = None
-        self._deletes: list[str] = []
-        self._had_dead_letters = store.count_dead_letters() > 0
-        self.committed_rows = 0
-        self.commits = 0
-        self.deleted_rows = 0
-
-    @property
-    def buffered(self) -> int:
-        return self._buffered
-
-    def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
-        """Buffer rows (vectors[i] belongs to chunks[i]); returns rows committed by this call."""
-        if len(chunks):
-            self._batches.append(rows_from(chunks, vectors))
-            self._buffered += len(chunks)
-            if self._first_at is None:
-                self._first_at = self.clock()
-        return self.commit_if_due()
-
-    def commit_if_due(self) -> int:
-        """Commit the buffer if it is big or old enough; call it when idle so time limits hold."""
-        if self._buffered >= self.group_rows or (
-            self._first_at is not None and self.clock() - self._first_at >= self.group_seconds
-        ):
-            return self._commit()
-        return 0
-
-    def delete(self, chunk_ids: Iterable[str]) -> None:
-        """Queue stale chunk ids; they are deleted at `flush`, after the buffered rows are written."""
-        self._deletes.extend(chunk_ids)
-
-    def flush(self) -> int:
-        """Commit what is buffered, then apply queued deletes; returns rows committed."""
-        written = self._commit()
-        if self._deletes:
-            self.deleted_rows += self.store.delete_chunks(self._deletes)
-            self._deletes = []
-        return written
-
-    def _commit(self) -> int:
-        if not self._buffered:
-            return 0
-        # Batches are joined here, not by callers, so one group is one commit whatever the batch sizes.
-        group = pa.Table.from_batches(self._batches)
-        ids = group.column("id").to_pylist()
-        last = {chunk_id: i for i, chunk_id in enumerate(ids)}
-        if len(last) < len(ids):  # a chunk re-sent after a retry: its latest vector wins
-            group = group.take(sorted(last.values()))
-        written = self.store.upsert(group)
-        if self._had_dead_letters:
-            self.store.clear_dead_letters(list(last))
-        self._batches, self._buffered, self._first_at = [], 0, None
-        self.committed_rows += written
-        self.commits += 1
-        return written

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import gc
 import json
 import os
 import pickle
@@ -370,6 +371,9 @@ def test_jsonl_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
 
 def arrow_peak(path: Path) -> tuple[int, int]:
     """Documents read and the most Arrow memory held at once while reading them."""
+    # Arrow buffers of earlier tests freed during the measurement would lower its baseline-relative
+    # peak and make the comparison depend on test order: collect them first.
+    gc.collect()
     pa.default_memory_pool().release_unused()
     baseline = pa.total_allocated_bytes()
     peak = count = 0
@@ -380,11 +384,10 @@ def arrow_peak(path: Path) -> tuple[int, int]:
     return count, peak
 
 
-@pytest.mark.parametrize("kind", ["parquet", "csv"])
-def test_parquet_and_csv_memory_stays_flat_as_the_file_grows(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind, bound", [("parquet", 8 << 20), ("csv", 24 << 20)])
+def test_parquet_and_csv_memory_stays_bounded_as_the_file_grows(tmp_path: Path, kind: str, bound: int) -> None:
     text = "word " * 400
-    peaks = []
-    for rows in (5000, 20000):  # about 10 MB and 40 MB of text
+    for rows in (5000, 40000):  # about 10 MB and 80 MB of text
         path = tmp_path / f"{rows}.{kind}"
         if kind == "parquet":
             parquet(path, [{"id": str(i), "text": text} for i in range(rows)], row_group_size=1000)
@@ -394,11 +397,10 @@ def test_parquet_and_csv_memory_stays_flat_as_the_file_grows(tmp_path: Path, kin
                 out.writelines(f"{i},{text}\n" for i in range(rows))
         count, peak = arrow_peak(path)
         assert count == rows
-        peaks.append(peak)
-    small, large = peaks
-    # Four times the data, at most one more read block (4 MB for CSV, one row group for Parquet).
-    assert large < small + (5 << 20), peaks
-    assert large < 20_000 * len(text) / 3, peaks
+        # Arrow reads a few blocks ahead on its I/O thread (4 MB CSV blocks, 1,000-row Parquet
+        # groups), more or fewer with timing; what must hold is a bound independent of the size.
+        assert peak < bound, (rows, peak)
+    assert bound < 40000 * len(text) / 3, "a reader holding the whole file must fail this test"
 
 
 def test_the_sample_corpus_reads_cleanly_in_every_format() -> None:

@@ -15,11 +15,11 @@ from tasks.store import (
     DEAD_LETTER_SUFFIX,
     RECIPE_KEY,
     FailedItem,
-    GroupWriter,
     VectorStore,
     chunk_schema,
     rows_from,
 )
+from tasks.writer import GroupWriter
 
 DIM = 16
 RECIPE = Recipe(dimensions=DIM)
