@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import json as jsonlib
 import os
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Annotated, Literal
 
-from cyclopts import App, Parameter
+# Before anything loads LanceDB: its Rust logger warns about its own future defaults on every
+# hybrid query, which users cannot act on. An explicit LANCEDB_LOG still wins.
+os.environ.setdefault("LANCEDB_LOG", "error")
 
-from flows.batches_cli import batches_app
-from tasks.errors import ConfigError, DailyQuotaError, IndexflowError
+import asyncio  # noqa: E402
+import json as jsonlib  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Literal  # noqa: E402
+
+from cyclopts import App, Parameter  # noqa: E402
+
+from flows.batches_cli import batches_app  # noqa: E402
+from tasks.errors import ConfigError, DailyQuotaError, IndexflowError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
 
