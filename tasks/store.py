@@ -37,17 +37,23 @@ UTC_US = pa.timestamp("us", tz="UTC")
 PK_METADATA = {"lance-schema:unenforced-primary-key:position": "1"}
 
 
+# What a chunk carries besides its key and vector: in the index table and the dead letters alike.
+CHUNK_FIELDS = [
+    pa.field("doc_id", pa.string(), nullable=False),
+    pa.field("ordinal", pa.int32(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("content_hash", pa.string(), nullable=False),
+]
+
+
 def chunk_schema(recipe: Recipe) -> pa.Schema:
     """The index table's schema for `recipe`, the recipe JSON in its metadata."""
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False, metadata=PK_METADATA),
-            pa.field("doc_id", pa.string(), nullable=False),
-            pa.field("ordinal", pa.int32(), nullable=False),
-            pa.field("text", pa.string()),
-            pa.field("title", pa.string()),
-            pa.field("source", pa.string()),
-            pa.field("content_hash", pa.string(), nullable=False),
+            *CHUNK_FIELDS,
             pa.field("vector", pa.list_(pa.float32(), recipe.dimensions), nullable=False),
             pa.field("indexed_at", UTC_US, nullable=False),
         ],
@@ -58,12 +64,7 @@ def chunk_schema(recipe: Recipe) -> pa.Schema:
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         pa.field("chunk_id", pa.string(), nullable=False, metadata=PK_METADATA),
-        pa.field("doc_id", pa.string(), nullable=False),
-        pa.field("ordinal", pa.int32(), nullable=False),
-        pa.field("text", pa.string()),
-        pa.field("title", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("content_hash", pa.string(), nullable=False),
+        *CHUNK_FIELDS,
         pa.field("error", pa.string(), nullable=False),
         pa.field("attempts", pa.int32(), nullable=False),
         pa.field("failed_at", UTC_US, nullable=False),
