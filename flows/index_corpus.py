@@ -180,6 +180,11 @@ async def index_corpus(
         )
         async with table_writer(settings.db_uri, settings.table, wait_seconds=writer_wait_seconds,
                                 on_wait=logger.info):
+            if settings.rebuild:
+                # Drop once, here: a retried embed task must resume from what it committed, not drop it again.
+                await asyncio.to_thread(open_store, settings)
+                settings = settings.model_copy(update={"rebuild": False})
+                logger.info("Rebuilt table %s: every chunk will be embedded again", settings.table)
             counts, _ = await plan_task(settings)
             batch = BatchOptions.from_settings(settings)
             route = choose_route(settings.mode, counts.chunks_to_embed, threshold=batch.threshold,

@@ -45,8 +45,13 @@ async def _embed_task_runs(flow_run_name: str | None = None, state_name: str | N
         return await client.read_task_runs(task_run_filter=task_filter, flow_run_filter=flow_filter)
 
 
-def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rebuild", [False, True], ids=["incremental", "rebuild"])
+def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu, tmp_path, monkeypatch, rebuild):
+    # with rebuild=True the table is dropped once per run, never again by the retried task
     from flows.index_corpus import index_corpus
+
+    table = "rebuilt" if rebuild else "retry"
+    run_name = f"index-{table}-online"
 
     n, per_call = 20, 4
     corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", n)
@@ -58,16 +63,16 @@ def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu,
 
     async def run_and_end_the_outage():
         flow = asyncio.create_task(index_corpus(
-            corpus=str(corpus), table="retry", db_uri=str(db), base_url=emu.base_url,
+            corpus=str(corpus), table=table, db_uri=str(db), base_url=emu.base_url, rebuild=rebuild,
             batch_size=per_call, concurrency=1, options={"max_attempts": MAX_ATTEMPTS}, return_state=True,
         ))
         # the outage ends while Prefect waits to retry the task (event-driven, no guessed sleep)
         deadline = time.monotonic() + 60
-        while not await _embed_task_runs("index-retry-online", "AwaitingRetry"):
+        while not await _embed_task_runs(run_name, "AwaitingRetry"):
             assert not flow.done(), f"the run ended without a Prefect task retry: {flow.result()}"
             assert time.monotonic() < deadline, "embed-online never reached AwaitingRetry"
             await asyncio.sleep(0.2)
-        committed_before_retry = len(table_ids(db, "retry"))
+        committed_before_retry = len(table_ids(db, table))
         emu.admin.set_faults(clear=True, rates={})
         return committed_before_retry, await flow
 
@@ -78,7 +83,7 @@ def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu,
     stats = emu.admin.stats()
     assert stats.get("faults.503", 0) == MAX_ATTEMPTS
     assert stats.get("texts", 0) == n  # nothing embedded twice
-    ids = table_ids(db, "retry")
+    ids = table_ids(db, table)
     assert len(ids) == n and len(set(ids)) == n
-    (task_run,) = asyncio.run(_embed_task_runs("index-retry-online"))
+    (task_run,) = asyncio.run(_embed_task_runs(run_name))
     assert task_run.run_count == 2 and task_run.state_name == "Completed"
