@@ -7,7 +7,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FaultKind = Literal["500", "503", "429", "hang", "drop", "malformed", "wrong_count"]
 FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "hang", "drop", "malformed", "wrong_count")
 
 
@@ -63,6 +62,3 @@ class EmulatorConfig(BaseModel):
     batch: BatchConfig = BatchConfig()
     state_dir: Path | None = None
 
-    @classmethod
-    def for_tier(cls, tier: str, **overrides) -> "EmulatorConfig":
-        return cls(limits=TIER_PRESETS[tier], **overrides)

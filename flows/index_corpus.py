@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -90,7 +91,11 @@ async def finalize_task(settings: Settings) -> dict:
     """optimize(), then the vector and full-text indexes where they pay."""
     store = await asyncio.to_thread(open_store, settings, rebuild=False)
     report = await asyncio.to_thread(store.finalize)
-    return getattr(report, "__dict__", {}) or {}
+    get_run_logger().info(
+        "Finalized %s: %d rows, fragments %d -> %d, vector index %s, full-text index %s (%.2f s)",
+        settings.table, report.rows, report.fragments_before, report.fragments_after,
+        report.vector_index, report.fts_index, report.seconds)
+    return asdict(report)
 
 
 def _api_key_from_environment() -> str | None:

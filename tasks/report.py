@@ -165,7 +165,6 @@ class Progress:
         self._last = float("-inf")
         self._pending: asyncio.Task | None = None
         self._bar = None
-        self.updates = 0
 
     def __call__(self, done: int, total: int | None) -> None:
         pct = 100.0 * done / total if total else 0.0
@@ -186,7 +185,6 @@ class Progress:
                     progress=pct, key=self.key, description="chunks embedded, % of planned")
             else:
                 await aupdate_progress_artifact(artifact_id=self._artifact_id, progress=pct)
-            self.updates += 1
         except Exception:  # progress is best effort; it must never fail a run
             pass
 

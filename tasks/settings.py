@@ -45,10 +45,6 @@ class Endpoint(BaseModel):
     api_version: str = "v1beta"
     timeout_seconds: float = Field(default=60.0, gt=0)
 
-    @property
-    def is_google(self) -> bool:
-        return self.base_url is None
-
 
 class Settings(BaseModel):
     """Everything one indexing run needs; invalid values fail here with the field named."""
