@@ -245,6 +245,9 @@ def summarize(settings: Settings, label: str, route: str, outcome: OnlineOutcome
         summary.api_calls = e.calls + outcome.jobs_created
         summary.jobs_created, summary.jobs_resumed = outcome.jobs_created, outcome.jobs_resumed
         summary.jobs_waiting = len(outcome.jobs_waiting)
+        summary.jobs_failed = outcome.jobs_failed + outcome.jobs_expired
+        summary.jobs_cancelled = outcome.jobs_cancelled
+        summary.batch_item_failures, summary.retried_online = outcome.item_failures, outcome.retried_online
     return summary
 
 

@@ -38,6 +38,10 @@ class RunSummary:
     jobs_created: int = 0
     jobs_resumed: int = 0
     jobs_waiting: int = 0
+    jobs_failed: int = 0  # FAILED or EXPIRED, then resubmitted or sent online as configured
+    jobs_cancelled: int = 0
+    batch_item_failures: int = 0
+    retried_online: int = 0
     rate_limited: int = 0
     retries: int = 0
     wall_seconds: float = 0.0
@@ -108,6 +112,10 @@ class RunSummary:
                 ("batch jobs created", self.jobs_created),
                 ("batch jobs resumed", self.jobs_resumed),
                 ("batch jobs still running", self.jobs_waiting),
+                ("batch jobs failed or expired", self.jobs_failed),
+                ("batch jobs cancelled", self.jobs_cancelled),
+                ("batch items failed", self.batch_item_failures),
+                ("batch items retried online", self.retried_online),
             ]
         return [{"metric": k, "value": v} for k, v in pairs]
 

@@ -170,3 +170,16 @@ def test_a_batch_run_past_its_wait_limit_ends_waiting_and_the_next_run_collects(
     assert summary["status"] == "completed" and summary["chunks_embedded"] == 30
     assert api_env.admin.stats()["batches.created"] == 1 and summary["jobs_resumed"] >= 1
     assert len(table_ids(tmp_path / "db", "w")) == 30
+
+
+def test_batch_item_failures_are_reported_and_retried_online(api_env, tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", 40)
+    api_env.admin.set_batch_config({"pending_seconds": 0.05, "running_seconds": 0.2, "item_failure_rate": 0.25})
+    state, run_id = run_flow(corpus=str(corpus), table="itemfail", db_uri=str(tmp_path / "db"), mode="batch",
+                             options={"batch_poll_seconds": 0.1})
+    summary = state.result()
+    failed = api_env.admin.stats()["batches.items_failed"]
+    assert failed > 0 and summary["batch_item_failures"] == failed == summary["retried_online"]
+    assert summary["chunks_embedded"] == 40 and summary["dead_lettered"] == 0
+    rows = asyncio.run(summary_rows(run_id, "itemfail"))
+    assert rows["batch items retried online"] == failed
