@@ -1,8 +1,8 @@
 """End to end through the online route (read, chunk, plan, embed, normalize, write LanceDB) on SciFact.
 
-    .venv/bin/python bench/bench_end_to_end.py [--repeats 1,10] [--concurrency 8] [--latency-ms 0,50]
+    .venv/bin/python bench/bench_end_to_end.py [--repeats 1,10,20] [--concurrency 8] [--latency-ms 0,50]
 
-Prints, for SciFact copied 1x and 10x (ids made unique): chunks/s end to end and the peak RSS of
+Prints, for SciFact copied 1x, 10x and 20x (ids made unique): chunks/s end to end and the peak RSS of
 the indexing process, which should stay flat as the corpus grows (streaming); and chunks/s of a
 bare loop of SDK calls with the same batch size and concurrency, the ceiling the pipeline is
 measured against. The emulator runs in its own process; each indexing run in a fresh one.
@@ -118,7 +118,7 @@ async def bare_loop(url: str, concurrency: int, batch: int = 100) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", default="1,10", help="corpus sizes, in SciFact copies")
+    parser.add_argument("--repeats", default="1,10,20", help="corpus sizes, in SciFact copies")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency-ms", default="0,50",
                         help="emulator latency per call (plus 1/100 of it per text), one pass per value")
