@@ -13,8 +13,8 @@ from emulator.server import serve
 log = logging.getLogger("emulator")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="emulator", description="Local Gemini embeddings API emulator (lexical vectors, not Gemini's).")
+def build_parser(prog: str = "python -m emulator") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Local Gemini embeddings API emulator (lexical vectors, not Gemini's).")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--tier", choices=sorted(TIER_PRESETS), default="unlimited", help="limit preset")
@@ -74,9 +74,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m emulator") -> int:
     """Parse options, print what to export, serve until Ctrl-C; returns the exit status."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["emulator"]:
         from emulator.cli import main as emulator_main
 
-        return emulator_main(argv[1:])
+        return emulator_main(argv[1:], prog="indexflow emulator")
     try:
         code = app(argv, exit_on_error=True)
     except DailyQuotaError as exc:
