@@ -28,7 +28,7 @@ from tests.prefect_server import free_port, server_env
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "indexflow-process"
-# Shaped like a real key so a leak would also be caught by anything matching "AIza…".
+# Not shaped like a Google key ("AIza…"), so the redaction net in tasks/gemini.py cannot hide a leak.
 TEST_KEY = "indexflow-test-key-7fQ2xK9mZ3vB8nL4"
 RUN_TIMEOUT = 180.0
 
