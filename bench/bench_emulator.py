@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_emulator.py [--seconds 3] [--batch 100] [--concurrency 4]
 
 Measures embed_texts alone, then the unmodified google-genai SDK over loopback (sync, and async
-with several calls in flight), at 768 and 3,072 dims, on SciFact texts (../shared/datasets).
+with several calls in flight), at 768 and 3,072 dims, on SciFact texts (data/scifact).
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ sys.path.insert(0, str(REPO))
 from google import genai  # noqa: E402
 from google.genai import types  # noqa: E402
 
-from emulator.config import EmulatorConfig  # noqa: E402
-from emulator.embedding import count_tokens, embed_texts  # noqa: E402
-from emulator.server import running_emulator  # noqa: E402
+from indexflow.emulator.config import EmulatorConfig  # noqa: E402
+from indexflow.emulator.embedding import count_tokens, embed_texts  # noqa: E402
+from indexflow.emulator.server import running_emulator  # noqa: E402
 
 MODEL = "gemini-embedding-001"
 
 
 def load_texts(limit: int = 5000) -> list[str]:
-    path = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+    from tests.datasets import scifact_corpus
+
+    path = scifact_corpus()
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["text"][:8000] or "empty" for line in f][:limit]
 

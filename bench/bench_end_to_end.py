@@ -27,7 +27,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+from tests.datasets import scifact_corpus  # noqa: E402
+
+SCIFACT = scifact_corpus()
 
 
 def free_port() -> int:
@@ -37,10 +39,10 @@ def free_port() -> int:
 
 
 def start_emulator(latency_ms: float = 0.0) -> tuple[subprocess.Popen, str]:
-    from emulator.admin import AdminClient
+    from indexflow.emulator.admin import AdminClient
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "emulator", "--port", str(port), "--tier", "unlimited",
+    proc = subprocess.Popen([sys.executable, "-m", "indexflow.emulator", "--port", str(port), "--tier", "unlimited",
                              "--latency-base-ms", str(latency_ms), "--latency-per-text-ms", str(latency_ms / 100),
                              "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -73,8 +75,8 @@ def child(corpus: str, db: str, url: str, concurrency: int) -> None:
     """One indexing run in this process; prints its figures as JSON."""
     from pydantic import SecretStr
 
-    from tasks.online import run_online
-    from tasks.settings import Endpoint, Settings
+    from indexflow.tasks.online import run_online
+    from indexflow.tasks.settings import Endpoint, Settings
 
     s = Settings(corpus=Path(corpus), db_uri=db, table="bench", concurrency=concurrency)
     ep = Endpoint(api_key=SecretStr("emulator-key"), base_url=url)
@@ -91,9 +93,9 @@ async def bare_loop(url: str, concurrency: int, batch: int = 100) -> float:
     from google import genai
     from google.genai import types
 
-    from tasks.chunk import chunk_documents
-    from tasks.corpus import read_corpus
-    from tasks.recipe import Recipe
+    from indexflow.tasks.chunk import chunk_documents
+    from indexflow.tasks.corpus import read_corpus
+    from indexflow.tasks.recipe import Recipe
 
     # the same chunks the pipeline sends (one SciFact abstract is over the 2,048-token limit whole)
     docs = read_corpus(SCIFACT, on_problem=lambda e: None)

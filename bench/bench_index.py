@@ -29,15 +29,17 @@ sys.path.insert(0, str(ROOT))
 
 from lancedb.index import IvfPq, IvfRq, IvfSq  # noqa: E402
 
-from tasks.chunk import Chunk  # noqa: E402
-from tasks.normalize import l2_normalize  # noqa: E402
-from tasks.recipe import Recipe  # noqa: E402
-from tasks.search import IndexPolicy, search_table  # noqa: E402
-from tasks.store import VectorStore, rows_from  # noqa: E402
+from indexflow.tasks.chunk import Chunk  # noqa: E402
+from indexflow.tasks.normalize import l2_normalize  # noqa: E402
+from indexflow.tasks.recipe import Recipe  # noqa: E402
+from indexflow.tasks.search import IndexPolicy, search_table  # noqa: E402
+from indexflow.tasks.store import VectorStore, rows_from  # noqa: E402
 
 DIM = 768
 K = 10
-SCIFACT = ROOT.parent / "shared" / "datasets" / "scifact"
+from tests.datasets import scifact_dir  # noqa: E402
+
+SCIFACT = scifact_dir()
 
 # (label, index config, [(nprobes, refine_factor), ...])
 CANDIDATES = [
@@ -54,7 +56,7 @@ def _scifact_texts() -> tuple[list[dict], list[str]]:
 
 
 def _emulator_vectors(texts: list[str], titles: list[str] | None = None) -> np.ndarray:
-    from emulator.embedding import embed_texts
+    from indexflow.emulator.embedding import embed_texts
 
     return l2_normalize(embed_texts(texts, DIM, titles=titles), expected_dim=DIM)
 

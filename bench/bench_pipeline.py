@@ -8,7 +8,7 @@
 (b) unlimited: chunks/s of the whole pipeline (limiter, retries, normalization, a sink) against a
     bare loop of `client.aio.models.embed_content` calls with the same concurrency and batch size.
 
-The emulator runs in a child process (`python -m emulator`) so it does not share the GIL with the
+The emulator runs in a child process (`python -m indexflow.emulator`) so it does not share the GIL with the
 client being measured.
 """
 
@@ -31,16 +31,18 @@ sys.path.insert(0, str(REPO))
 from google.genai import types as genai_types  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from emulator.admin import AdminClient  # noqa: E402
-from emulator.embedding import count_tokens  # noqa: E402
-from tasks.batcher import EmbedOptions, embed_chunks  # noqa: E402
-from tasks.chunk import chunk_documents  # noqa: E402
-from tasks.corpus import Document  # noqa: E402
-from tasks.gemini import make_client  # noqa: E402
-from tasks.recipe import Recipe  # noqa: E402
-from tasks.settings import TIERS, Endpoint, Limits  # noqa: E402
+from indexflow.emulator.admin import AdminClient  # noqa: E402
+from indexflow.emulator.embedding import count_tokens  # noqa: E402
+from indexflow.tasks.batcher import EmbedOptions, embed_chunks  # noqa: E402
+from indexflow.tasks.chunk import chunk_documents  # noqa: E402
+from indexflow.tasks.corpus import Document  # noqa: E402
+from indexflow.tasks.gemini import make_client  # noqa: E402
+from indexflow.tasks.recipe import Recipe  # noqa: E402
+from indexflow.tasks.settings import TIERS, Endpoint, Limits  # noqa: E402
 
-SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+from tests.datasets import scifact_corpus  # noqa: E402
+
+SCIFACT = scifact_corpus()
 RECIPE = Recipe(dimensions=768)
 
 
@@ -61,7 +63,7 @@ def free_port() -> int:
 
 
 class Emulator:
-    """`python -m emulator` in a child process on a free port."""
+    """`python -m indexflow.emulator` in a child process on a free port."""
 
     def __init__(self, *args: str) -> None:
         self.port = free_port()
@@ -69,7 +71,7 @@ class Emulator:
         self.args = ["--port", str(self.port), "--log-level", "warning", *args]
 
     def __enter__(self) -> "Emulator":
-        self.proc = subprocess.Popen([sys.executable, "-m", "emulator", *self.args], cwd=REPO)
+        self.proc = subprocess.Popen([sys.executable, "-m", "indexflow.emulator", *self.args], cwd=REPO)
         self.admin = AdminClient(self.base_url)
         deadline = time.monotonic() + 20
         while True:

@@ -1,7 +1,7 @@
-"""`python -m emulator`: run the Gemini API emulator (see emulator.cli)."""
+"""`python -m indexflow.emulator`: run the Gemini API emulator (see emulator.cli)."""
 
 import sys
 
-from emulator.cli import main
+from .cli import main
 
 sys.exit(main())

@@ -33,8 +33,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from emulator.config import TIER_PRESETS, BatchConfig, LimitConfig
-from emulator.google_errors import GoogleError, invalid_argument, json_response
+from .config import TIER_PRESETS, BatchConfig, LimitConfig
+from .google_errors import GoogleError, invalid_argument, json_response
 
 router = APIRouter(prefix="/_emulator")
 

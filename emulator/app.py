@@ -13,14 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from emulator import admin, batches, files, online
-from emulator.batches import BatchStore
-from emulator.config import BatchConfig, EmulatorConfig
-from emulator.faults import FaultInjector
-from emulator.files import FileStore
-from emulator.google_errors import GoogleError, invalid_argument
-from emulator.limits import ConcurrencyGate, QuotaExceeded, RateLimiter
-from emulator.stats import Stats
+from . import admin, batches, files, online
+from .batches import BatchStore
+from .config import BatchConfig, EmulatorConfig
+from .faults import FaultInjector
+from .files import FileStore
+from .google_errors import GoogleError, invalid_argument
+from .limits import ConcurrencyGate, QuotaExceeded, RateLimiter
+from .stats import Stats
 
 
 class Emulator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from emulator.google_errors import invalid_key, missing_key
+from .google_errors import invalid_key, missing_key
 
 
 def require_api_key(request: Request) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from emulator.embedding import count_tokens
-from emulator.google_errors import invalid_argument
+from .embedding import count_tokens
+from .google_errors import invalid_argument
 
 MAX_ITEM_TOKENS = 2048
 MIN_DIM, MAX_DIM, DEFAULT_DIM = 128, 3072, 3072

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from emulator.embedding import embed_texts
+from .embedding import embed_texts
 
 INJECTED_ITEM_ERROR = {"code": 13, "message": "Internal error encountered while embedding this request."}
 

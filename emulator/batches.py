@@ -46,21 +46,21 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from emulator import jobstate
-from emulator.auth import require_api_key
-from emulator.batch_items import parse_input
-from emulator.batch_output import compute_results, mark_injected_failures, output_jsonl
-from emulator.config import EmulatorConfig
-from emulator.embedding import count_tokens
-from emulator.files import FileStore, check_version
-from emulator.google_errors import (
+from . import jobstate
+from .auth import require_api_key
+from .batch_items import parse_input
+from .batch_output import compute_results, mark_injected_failures, output_jsonl
+from .config import EmulatorConfig
+from .embedding import count_tokens
+from .files import FileStore, check_version
+from .google_errors import (
     GoogleError,
     bare_resource_exhausted,
     invalid_argument,
     json_response,
     not_found,
 )
-from emulator.stats import Stats
+from .stats import Stats
 
 router = APIRouter()
 

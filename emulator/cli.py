@@ -1,4 +1,4 @@
-"""`python -m emulator` / `indexflow emulator`: start the Gemini API emulator in the foreground."""
+"""`python -m indexflow.emulator` / `indexflow emulator`: start the Gemini API emulator in the foreground."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from emulator.config import TIER_PRESETS, BatchConfig, EmulatorConfig
-from emulator.faults import FaultInjector, parse_rate_spec, parse_script_spec
-from emulator.server import serve
+from .config import TIER_PRESETS, BatchConfig, EmulatorConfig
+from .faults import FaultInjector, parse_rate_spec, parse_script_spec
+from .server import serve
 
 log = logging.getLogger("emulator")
 
 
-def build_parser(prog: str = "python -m emulator") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m indexflow.emulator") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Local Gemini embeddings API emulator (lexical vectors, not Gemini's).")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8765)
@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m emulator") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m indexflow.emulator") -> int:
     """Parse options, print what to export, serve until Ctrl-C; returns the exit status."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)

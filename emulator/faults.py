@@ -23,7 +23,7 @@ import random
 import threading
 from collections.abc import Iterable, Mapping
 
-from emulator.config import FAULT_KINDS
+from .config import FAULT_KINDS
 
 TARGETS = ("embed", "batch_create")
 

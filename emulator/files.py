@@ -31,11 +31,11 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from emulator import jobstate
-from emulator.auth import require_api_key
-from emulator.config import EmulatorConfig
-from emulator.google_errors import GoogleError, invalid_argument, json_response, not_found
-from emulator.stats import Stats
+from . import jobstate
+from .auth import require_api_key
+from .config import EmulatorConfig
+from .google_errors import GoogleError, invalid_argument, json_response, not_found
+from .stats import Stats
 
 router = APIRouter()
 

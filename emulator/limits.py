@@ -21,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emulator.config import LimitConfig
-from emulator.google_errors import GoogleError, overloaded, quota_exceeded
+from .config import LimitConfig
+from .google_errors import GoogleError, overloaded, quota_exceeded
 
 MINUTE = 60.0
 DAY = 86_400.0

@@ -19,9 +19,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from emulator.auth import require_api_key
-from emulator.embedding import count_tokens, embed_texts
-from emulator.google_errors import (
+from .auth import require_api_key
+from .embedding import count_tokens, embed_texts
+from .google_errors import (
     GoogleError,
     bare_resource_exhausted,
     internal,
@@ -33,7 +33,7 @@ from emulator.google_errors import (
 )
 
 if TYPE_CHECKING:
-    from emulator.app import Emulator
+    from .app import Emulator
 
 router = APIRouter()
 

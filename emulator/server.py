@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import uvicorn
 
-from emulator.admin import AdminClient
-from emulator.app import Emulator, create_app
-from emulator.config import EmulatorConfig
+from .admin import AdminClient
+from .app import Emulator, create_app
+from .config import EmulatorConfig
 
 STARTUP_TIMEOUT = 15.0
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from tasks.ledger import JobRecord, Ledger
+from indexflow.tasks.ledger import JobRecord, Ledger
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -49,7 +49,7 @@ def _print_table(rows: list[dict], title: str) -> None:
 
 
 def _endpoint():
-    from tasks.endpoint import resolve_endpoint
+    from indexflow.tasks.endpoint import resolve_endpoint
 
     return resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL"))
 
@@ -72,7 +72,7 @@ def list_jobs(*, db: Db = ".indexflow/lancedb", table: Table = "corpus", open_on
 @batches_app.command
 def status(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", json: bool = False) -> int:
     """Show JOB (its key, `batches/ID` or ID) from the ledger and, when the API knows it, its live state and counts."""
-    from tasks.batch_jobs import job_status
+    from indexflow.tasks.batch_jobs import job_status
 
     with _endpoint() as (endpoint, _):
         record, live = asyncio.run(job_status(db, table, job, endpoint))
@@ -93,7 +93,7 @@ def status(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", 
 @batches_app.command
 def cancel(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus") -> int:
     """Cancel JOB (its key, `batches/ID` or ID); a finished job is left alone for the next run to collect."""
-    from tasks.batch_jobs import cancel_jobs
+    from indexflow.tasks.batch_jobs import cancel_jobs
 
     with _endpoint() as (endpoint, _):
         cancelled = asyncio.run(cancel_jobs(db, table, endpoint, refs=[job]))

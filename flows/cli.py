@@ -17,8 +17,8 @@ from typing import Annotated, Literal  # noqa: E402
 
 from cyclopts import App, Parameter  # noqa: E402
 
-from flows.batches_cli import batches_app  # noqa: E402
-from tasks.errors import ConfigError, DailyQuotaError, IndexflowError  # noqa: E402
+from indexflow.flows.batches_cli import batches_app  # noqa: E402
+from indexflow.tasks.errors import ConfigError, DailyQuotaError, IndexflowError  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
 
@@ -127,8 +127,8 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
         Print the run summary as JSON.
     """
     _quiet_prefect()
-    from flows.index_corpus import index_corpus  # imports Prefect: only when indexing
-    from tasks.report import RunSummary
+    from indexflow.flows.index_corpus import index_corpus  # imports Prefect: only when indexing
+    from indexflow.tasks.report import RunSummary
 
     if not os.environ.get("GEMINI_API_KEY") and not os.environ.get("GOOGLE_GEMINI_BASE_URL"):
         print("No GEMINI_API_KEY set: embedding with the built-in Gemini API emulator (lexical vectors, "
@@ -160,10 +160,10 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
     json
         Print the plan as JSON.
     """
-    from flows.index_corpus import settings_from_params
-    from tasks.batch_options import BatchOptions, choose_route
-    from tasks.online import plan_run
-    from tasks.plan import forecast
+    from indexflow.flows.index_corpus import settings_from_params
+    from indexflow.tasks.batch_options import BatchOptions, choose_route
+    from indexflow.tasks.online import plan_run
+    from indexflow.tasks.plan import forecast
 
     settings = settings_from_params(o.flow_params(corpus, t), emulator=not os.environ.get("GEMINI_API_KEY"))
     counts, problems = plan_run(settings)
@@ -211,11 +211,12 @@ def query(text: str, *, t: TableOptions = TableOptions(),
     json
         Print hits as JSON.
     """
-    from tasks.endpoint import resolve_endpoint
-    from tasks.query import query as run_query
+    from indexflow.tasks.endpoint import resolve_endpoint
+    from indexflow.tasks.query import query as run_query
 
     with resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
-        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k, hybrid=hybrid)
+        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k,
+                         mode="hybrid" if hybrid else "vector")
     if json:
         print(jsonlib.dumps([asdict(h) for h in hits], indent=2))
         return EXIT_OK
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `indexflow` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
-        from emulator.cli import main as emulator_main
+        from indexflow.emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:], prog="indexflow emulator")
     try:

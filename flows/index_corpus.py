@@ -17,18 +17,18 @@ from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
-from tasks.batch_jobs import BatchOutcome, run_batch
-from tasks.batch_admin import cancel_live_jobs
-from tasks.batch_options import BatchOptions, choose_route
-from tasks.batcher import EmbedStats
-from tasks.endpoint import resolve_endpoint
-from tasks.errors import ConfigError, IndexflowError
-from tasks.online import OnlineOutcome, open_store, plan_run, run_online
-from tasks.plan import forecast
-from tasks.problems import ProblemLog
-from tasks.report import Progress, RunSummary, publish_summary
-from tasks.settings import Endpoint, Settings
-from tasks.writer_lock import table_writer
+from indexflow.tasks.batch_jobs import BatchOutcome, run_batch
+from indexflow.tasks.batch_admin import cancel_live_jobs
+from indexflow.tasks.batch_options import BatchOptions, choose_route
+from indexflow.tasks.batcher import EmbedStats
+from indexflow.tasks.endpoint import resolve_endpoint
+from indexflow.tasks.errors import ConfigError, IndexflowError
+from indexflow.tasks.online import OnlineOutcome, open_store, plan_run, run_online
+from indexflow.tasks.plan import forecast
+from indexflow.tasks.problems import ProblemLog
+from indexflow.tasks.report import Progress, RunSummary, publish_summary
+from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.writer_lock import table_writer
 
 SECRET_BLOCK = "gemini-api-key"
 

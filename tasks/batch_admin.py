@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from tasks.batch_results import JobStatus, get_status
-from tasks.batch_submit import find_job_by_display_name
-from tasks.errors import ConfigError, IndexflowError
-from tasks.gemini import classify, make_client
-from tasks.ledger import CANCELLED, JobRecord, Ledger
-from tasks.settings import Endpoint, Settings
+from indexflow.tasks.batch_results import JobStatus, get_status
+from indexflow.tasks.batch_submit import find_job_by_display_name
+from indexflow.tasks.errors import ConfigError, IndexflowError
+from indexflow.tasks.gemini import classify, make_client
+from indexflow.tasks.ledger import CANCELLED, JobRecord, Ledger
+from indexflow.tasks.settings import Endpoint, Settings
 
 
 async def cancel_live_jobs(settings: Settings, endpoint: Endpoint, *, run_id: str | None = None) -> list[str]:

@@ -34,29 +34,29 @@ from typing import Literal
 import numpy as np
 
 # Re-exported: the route's whole public API is importable from here.
-from tasks.batch_admin import cancel_jobs, cancel_live_jobs, job_status  # noqa: F401
-from tasks.batch_options import BatchOptions, choose_route, estimate_turnaround  # noqa: F401
-from tasks.batch_results import (
+from indexflow.tasks.batch_admin import cancel_jobs, cancel_live_jobs, job_status  # noqa: F401
+from indexflow.tasks.batch_options import BatchOptions, choose_route, estimate_turnaround  # noqa: F401
+from indexflow.tasks.batch_results import (
     ItemError, JobResults, JobStatus, file_results, get_status, inline_results, poll_interval, sdk_job,
 )
-from tasks.batch_submit import (
+from indexflow.tasks.batch_submit import (
     body_size, create_from_file, create_inline, create_once, find_job_by_display_name, inline_body,
     is_payload_too_large, jsonl_input, upload_jsonl,
 )
-from tasks.batcher import EmbedOptions, EmbedStats, embed_chunks
-from tasks.chunk import Chunk
-from tasks.errors import BadRequestError, BatchJobError, ConfigError, IndexflowError
-from tasks.gemini import classify, make_client
-from tasks.ledger import (
+from indexflow.tasks.batcher import EmbedOptions, EmbedStats, embed_chunks
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import BadRequestError, BatchJobError, ConfigError, IndexflowError
+from indexflow.tasks.gemini import classify, make_client
+from indexflow.tasks.ledger import (
     CANCELLED, COLLECTED, CREATED, DONE, EXPIRED, FAILED, INTENT, RUNNING, JobRecord, Ledger, job_key,
 )
-from tasks.normalize import find_bad_rows, l2_normalize
-from tasks.online import corpus_chunks, make_planner, open_store
-from tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner
-from tasks.problems import ProblemLog
-from tasks.settings import Endpoint, Settings
-from tasks.store import FailedItem, VectorStore
-from tasks.writer import GroupWriter
+from indexflow.tasks.normalize import find_bad_rows, l2_normalize
+from indexflow.tasks.online import corpus_chunks, make_planner, open_store
+from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner
+from indexflow.tasks.problems import ProblemLog
+from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.store import FailedItem, VectorStore
+from indexflow.tasks.writer import GroupWriter
 
 log = logging.getLogger("indexflow.batch")
 

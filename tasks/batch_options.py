@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tasks.errors import ConfigError
-from tasks.settings import Settings
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.settings import Settings
 
 Route = Literal["online", "batch"]
 

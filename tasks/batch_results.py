@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chunk import Chunk
-from tasks.errors import BatchJobError
-from tasks.gemini import classify
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import BatchJobError
+from indexflow.tasks.gemini import classify
 
 # Per-item error codes: 3 INVALID_ARGUMENT says the request itself is bad (retrying cannot help).
 TERMINAL_ITEM_CODES = frozenset({3})

@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from tasks.chunk import Chunk
-from tasks.errors import BadRequestError, BatchJobError, IndexflowError, RateLimitedError
-from tasks.gemini import TITLE_TASK_TYPES, _model_path, classify
-from tasks.recipe import Recipe
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import BadRequestError, BatchJobError, IndexflowError, RateLimitedError
+from indexflow.tasks.gemini import TITLE_TASK_TYPES, _model_path, classify
+from indexflow.tasks.recipe import Recipe
 
 # Jobs listed newer than this before an intent's time still count as candidates (clock skew).
 LIST_SKEW = timedelta(minutes=10)

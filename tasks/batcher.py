@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.chunk import Chunk
-from tasks.errors import (
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import (
     BadRequestError,
     BadResponseError,
     ConfigError,
@@ -40,11 +40,11 @@ from tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from tasks.limits import AdaptiveConcurrency, RateLimiter
-from tasks.normalize import find_bad_rows, l2_normalize
-from tasks.recipe import Recipe
-from tasks.retry import BatchOutcome, Failure, RetryPolicy, embed_resolving
-from tasks.settings import Limits, Settings
+from indexflow.tasks.limits import AdaptiveConcurrency, RateLimiter
+from indexflow.tasks.normalize import find_bad_rows, l2_normalize
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.retry import BatchOutcome, Failure, RetryPolicy, embed_resolving
+from indexflow.tasks.settings import Limits, Settings
 
 MAX_BATCH = 100  # texts per batchEmbedContents call, a hard API limit
 READ_BLOCK = 64  # chunks pulled per thread hop from a synchronous iterable
@@ -137,7 +137,7 @@ class _Stopped(Exception):
 
 def default_embed(client: Any, recipe: Recipe) -> EmbedFn:
     """The real call: one batchEmbedContents request through google-genai, titles per item."""
-    from tasks.gemini import embed_batch  # the only module that imports google.genai
+    from indexflow.tasks.gemini import embed_batch  # the only module that imports google.genai
 
     async def embed(chunks: Sequence[Chunk]) -> np.ndarray:
         titles = [c.title for c in chunks] if recipe.send_title else None

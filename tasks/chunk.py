@@ -24,10 +24,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from tasks.corpus import Document
-from tasks.errors import ConfigError
-from tasks.recipe import Recipe
-from tasks.tokens import CHARS_PER_TOKEN, count_pieces, estimate_tokens
+from indexflow.tasks.corpus import Document
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.tokens import CHARS_PER_TOKEN, count_pieces, estimate_tokens
 
 _FRAGMENT_CHARS = 32
 _WORD = re.compile(r"\S+")

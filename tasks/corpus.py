@@ -28,10 +28,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.document import Document, Fields, ProblemHandler, ReadRun
-from tasks.errors import ConfigError
-from tasks.markup import title_and_body
-from tasks.records import DATA_FORMATS, READERS
+from indexflow.tasks.document import Document, Fields, ProblemHandler, ReadRun
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.markup import title_and_body
+from indexflow.tasks.records import DATA_FORMATS, READERS
 
 __all__ = ["REASONS", "Document", "ProblemHandler", "read_corpus"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.errors import InputError
+from indexflow.tasks.errors import InputError
 
 ProblemHandler = Callable[[InputError], None]
 

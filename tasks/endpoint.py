@@ -7,8 +7,8 @@ from typing import Iterator
 
 from pydantic import SecretStr
 
-from tasks.errors import ConfigError
-from tasks.settings import Endpoint
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.settings import Endpoint
 
 
 @contextmanager
@@ -25,7 +25,7 @@ def resolve_endpoint(api_key: str | None, base_url: str | None = None, *,
             f"a base URL ({base_url}) was given without an API key; set GEMINI_API_KEY "
             "(the emulator accepts 'emulator-key' unless started with another --api-key)")
     # The emulator is product code used as the default endpoint; nothing else imports it.
-    from emulator.server import running_emulator
+    from indexflow.emulator.server import running_emulator
 
     with running_emulator() as emu:
         yield Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url, api_version=api_version,

@@ -24,7 +24,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from tasks.errors import (
+from indexflow.tasks.errors import (
     AuthError,
     BadRequestError,
     BadResponseError,
@@ -35,8 +35,8 @@ from tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from tasks.recipe import Recipe
-from tasks.settings import Endpoint
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.settings import Endpoint
 
 try:  # the SDK's default async transport here
     import httpx2 as _httpx2

@@ -27,9 +27,9 @@ import lancedb
 import pyarrow as pa
 from lancedb.expr import col
 
-from tasks.chunk import Chunk
-from tasks.errors import StoreError
-from tasks.store import PK_METADATA, UTC_US, open_or_create, open_or_none
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import StoreError
+from indexflow.tasks.store import PK_METADATA, UTC_US, open_or_create, open_or_none
 
 JOBS_SUFFIX = "__batch_jobs"
 ITEMS_SUFFIX = "__batch_items"

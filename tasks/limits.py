@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tasks.errors import ConfigError, DailyQuotaError
-from tasks.settings import Limits
+from indexflow.tasks.errors import ConfigError, DailyQuotaError
+from indexflow.tasks.settings import Limits
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.errors import BadResponseError
+from indexflow.tasks.errors import BadResponseError
 
 # A vector this short carries no direction worth trusting: after float32 rounding its
 # normalized form is noise, and a real embedding model never returns one.

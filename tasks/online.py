@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, embed_chunks
-from tasks.chunk import Chunk, chunk_documents
-from tasks.errors import StoreError
-from tasks.corpus import read_corpus
-from tasks.gemini import make_client
-from tasks.plan import Planner, PlanCounts
-from tasks.problems import ProblemLog
-from tasks.settings import Endpoint, Settings
-from tasks.store import FailedItem, VectorStore
-from tasks.writer import GroupWriter
+from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, embed_chunks
+from indexflow.tasks.chunk import Chunk, chunk_documents
+from indexflow.tasks.errors import StoreError
+from indexflow.tasks.corpus import read_corpus
+from indexflow.tasks.gemini import make_client
+from indexflow.tasks.plan import Planner, PlanCounts
+from indexflow.tasks.problems import ProblemLog
+from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.store import FailedItem, VectorStore
+from indexflow.tasks.writer import GroupWriter
 
 
 def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:

@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
-from tasks.chunk import Chunk
-from tasks.settings import Limits
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.settings import Limits
 
 # gemini-embedding-001, USD per million input tokens (../shared/reference/gemini-api.md).
 PRICE_PER_MILLION_TOKENS = {"online": 0.15, "batch": 0.075}

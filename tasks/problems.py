@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tasks.errors import InputError
+from indexflow.tasks.errors import InputError
 
 
 @dataclass

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
-from tasks.gemini import embed_query, make_client
-from tasks.normalize import l2_normalize
-from tasks.search import Hit
-from tasks.settings import Endpoint
-from tasks.store import VectorStore
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.gemini import embed_query, make_client
+from indexflow.tasks.normalize import l2_normalize
+from indexflow.tasks.search import Hit
+from indexflow.tasks.settings import Endpoint
+from indexflow.tasks.store import VectorStore
+
+QueryMode = Literal["vector", "fts", "hybrid"]
+QUERY_MODES: tuple[QueryMode, ...] = ("vector", "fts", "hybrid")
 
 
-async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint, k: int = 10,
-                 hybrid: bool = False) -> list[Hit]:
-    """The `k` best chunks for `text`; `hybrid` fuses vector and full-text hits (RRF)."""
+async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
+                 mode: QueryMode = "vector") -> list[Hit]:
+    """The `k` best chunks for `text`: by vector, by full text (BM25; no API call), or both fused (RRF)."""
+    if mode not in QUERY_MODES:
+        raise ConfigError(f"query mode must be one of {', '.join(QUERY_MODES)}, got {mode!r}", mode=mode)
     store = await asyncio.to_thread(VectorStore.open, db_uri, table, None, create=False)
-    raw = await embed_query(make_client(endpoint), text, store.recipe)
-    vector = l2_normalize(raw.reshape(1, -1), expected_dim=store.recipe.dimensions)[0]
-    return await asyncio.to_thread(store.search, vector, k, text=text if hybrid else None, hybrid=hybrid)
+    vector = None
+    if mode != "fts":
+        if endpoint is None:
+            raise ConfigError(f"query mode {mode!r} embeds the query and needs an endpoint", mode=mode)
+        raw = await embed_query(make_client(endpoint), text, store.recipe)
+        vector = l2_normalize(raw.reshape(1, -1), expected_dim=store.recipe.dimensions)[0]
+    return await asyncio.to_thread(store.search, vector, k, text=text if mode != "vector" else None,
+                                   hybrid=mode == "hybrid")
 
 
-def query(text: str, *, db_uri: str, table: str, endpoint: Endpoint, k: int = 10, hybrid: bool = False) -> list[Hit]:
+def query(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
+          mode: QueryMode = "vector") -> list[Hit]:
     """Synchronous `aquery` for scripts and notebooks."""
-    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, hybrid=hybrid))
+    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode))

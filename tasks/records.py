@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from tasks.document import Document, Fields, ReadRun
-from tasks.errors import ConfigError
+from indexflow.tasks.document import Document, Fields, ReadRun
+from indexflow.tasks.errors import ConfigError
 
 DATA_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 DEFAULT_ID_FIELDS = ("id", "_id")  # "_id" makes BEIR's corpus.jsonl work as is

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
+from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
 
 
 def artifact_key(kind: str, table: str) -> str:

@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from tasks.errors import BadRequestError, BadResponseError, IndexflowError, RateLimitedError
-from tasks.limits import Clock, RateLimiter, Sleep
+from indexflow.tasks.errors import BadRequestError, BadResponseError, IndexflowError, RateLimitedError
+from indexflow.tasks.limits import Clock, RateLimiter, Sleep
 
 T = TypeVar("T")
 Item = TypeVar("Item")

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from lancedb.index import FTS, IvfRq, IvfSq
 
-from tasks.errors import ConfigError, StoreError
+from indexflow.tasks.errors import ConfigError, StoreError
 
 DISTANCE = "dot"
 HIT_COLUMNS = ["id", "doc_id", "ordinal", "title", "text", "source"]

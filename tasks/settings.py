@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from tasks.recipe import Recipe
+from indexflow.tasks.recipe import Recipe
 
 Tier = Literal["free", "1", "2", "3", "unlimited"]
+
+# One default table and database for the CLI, the flow, the Python API, the Makefile and prefect.yaml.
+DEFAULT_TABLE = "corpus"
+DEFAULT_DB_URI = ".indexflow/lancedb"
 
 
 class Limits(BaseModel):
@@ -59,8 +63,8 @@ class Settings(BaseModel):
     text_field: str = "text"
 
     # table
-    db_uri: str = ".indexflow/lancedb"
-    table: str = Field(default="corpus", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+    db_uri: str = DEFAULT_DB_URI
+    table: str = Field(default=DEFAULT_TABLE, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
     # recipe
     model: str = "gemini-embedding-001"

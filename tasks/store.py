@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.expr import col
 
-from tasks.chunk import Chunk
-from tasks.errors import RecipeMismatchError, StoreError
-from tasks.recipe import Recipe
-from tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, search_table
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import RecipeMismatchError, StoreError
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, search_table
 
 RECIPE_KEY = "indexflow.recipe"
 DEAD_LETTER_SUFFIX = "__dead_letters"

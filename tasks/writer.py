@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tasks.chunk import Chunk
-from tasks.errors import StoreError
-from tasks.store import VectorStore, rows_from
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import StoreError
+from indexflow.tasks.store import VectorStore, rows_from
 
 
 class GroupWriter:

@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from tasks.errors import StoreError, TableBusyError
+from indexflow.tasks.errors import StoreError, TableBusyError
 
 Backend = Literal["auto", "file", "prefect"]
 

@@ -6,8 +6,8 @@ import pytest
 from google import genai
 from google.genai import types
 
-from emulator.config import BatchConfig, EmulatorConfig
-from emulator.server import RunningEmulator, running_emulator
+from indexflow.emulator.config import BatchConfig, EmulatorConfig
+from indexflow.emulator.server import RunningEmulator, running_emulator
 
 SDK_TIMEOUT_MS = 30_000
 FAST_BATCHES = {"pending_seconds": 0.05, "running_seconds": 0.3}

@@ -15,9 +15,9 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from emulator.config import BatchConfig, EmulatorConfig
-from emulator.embedding import count_tokens, embed_texts
-from emulator.server import RunningEmulator, running_emulator
+from indexflow.emulator.config import BatchConfig, EmulatorConfig
+from indexflow.emulator.embedding import count_tokens, embed_texts
+from indexflow.emulator.server import RunningEmulator, running_emulator
 from tests.conftest import FAST_BATCHES
 
 MODEL = "gemini-embedding-001"

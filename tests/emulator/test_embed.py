@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from emulator.embedding import count_tokens, embed_texts
+from indexflow.emulator.embedding import count_tokens, embed_texts
 
 MODEL = "gemini-embedding-001"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_title_only_changes_retrieval_document_vectors(genai_client):
 
 def test_embeddings_are_identical_in_another_process():
     code = (
-        "import numpy as np; from emulator.embedding import embed_texts; "
+        "import numpy as np; from indexflow.emulator.embedding import embed_texts; "
         f"print(embed_texts({TEXTS!r}, 256).tobytes().hex())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

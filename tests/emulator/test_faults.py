@@ -11,8 +11,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from emulator.cli import build_parser, config_from_args
-from emulator.faults import FaultInjector, parse_script_spec
+from indexflow.emulator.cli import build_parser, config_from_args
+from indexflow.emulator.faults import FaultInjector, parse_script_spec
 
 MODEL = "gemini-embedding-001"
 TEXTS = ["first text", "second text", "third text"]
@@ -137,7 +137,7 @@ def test_batch_config_is_what_the_batch_store_reads(emu):
 
 
 def test_bad_admin_input_is_refused(emu):
-    from emulator.admin import AdminError
+    from indexflow.emulator.admin import AdminError
 
     with pytest.raises(AdminError) as info:
         emu.admin.set_faults(script=[{"kind": "teapot"}])

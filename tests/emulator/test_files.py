@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from emulator.server import RunningEmulator, running_emulator
+from indexflow.emulator.server import RunningEmulator, running_emulator
 
 
 

@@ -9,25 +9,23 @@ import numpy as np
 import pytest
 from google.genai import types
 
-from emulator.embedding import embed_texts
+from indexflow.emulator.embedding import embed_texts
+from tests.datasets import scifact_dir
 
-SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "scifact"
 DIM = 768
 # Measured 0.373 top-1 (nDCG@10 0.463) at 768 dims; the floor sits just below.
 TOP1_FLOOR = 0.36
 
 
 def _jsonl(name: str) -> list[dict]:
-    with open(SCIFACT / name, encoding="utf-8") as f:
+    with open(scifact_dir() / name, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
 def scifact() -> tuple[list[dict], list[dict], dict[str, set[str]]]:
-    if not SCIFACT.exists():
-        pytest.skip(f"SciFact not found at {SCIFACT}")
     qrels: dict[str, set[str]] = {}
-    for line in (SCIFACT / "qrels.tsv").read_text().splitlines()[1:]:
+    for line in (scifact_dir() / "qrels.tsv").read_text().splitlines()[1:]:
         query_id, doc_id, _ = line.split("\t")
         qrels.setdefault(query_id, set()).add(doc_id)
     return _jsonl("corpus.jsonl"), _jsonl("queries.jsonl"), qrels

@@ -8,9 +8,9 @@ import time
 import pytest
 from google.genai import errors, types
 
-from emulator.config import LimitConfig
-from emulator.google_errors import format_duration
-from emulator.limits import QuotaExceeded, RateLimiter
+from indexflow.emulator.config import LimitConfig
+from indexflow.emulator.google_errors import format_duration
+from indexflow.emulator.limits import QuotaExceeded, RateLimiter
 
 MODEL = "gemini-embedding-001"
 

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import pytest
 
-from emulator.admin import AdminClient
+from indexflow.emulator.admin import AdminClient
 from tests.prefect_server import free_port, server_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def prefect_in_process(prefect_api: str) -> str:
 
 @dataclass
 class StandaloneEmulator:
-    """`python -m emulator` in its own process: where flow processes reach it, and its admin client."""
+    """`python -m indexflow.emulator` in its own process: where flow processes reach it, and its admin client."""
 
     base_url: str
     admin: AdminClient
@@ -102,7 +102,7 @@ def standalone_emulator(tmp_path_factory) -> StandaloneEmulator:
     base_url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "--port", str(port), "--api-key", TEST_KEY, "--log-level", "warning"],
+            [sys.executable, "-m", "indexflow.emulator", "--port", str(port), "--api-key", TEST_KEY, "--log-level", "warning"],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -218,7 +218,7 @@ async def summary_rows(flow_run_id: UUID, table: str) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
-    from tasks.report import artifact_key
+    from indexflow.tasks.report import artifact_key
 
     async with get_client() as client:
         artifacts = await client.read_artifacts(

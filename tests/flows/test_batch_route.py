@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from emulator.config import BatchConfig, EmulatorConfig
-from emulator.server import running_emulator
-from flows.batches_cli import batches_app
-from tasks.batch_jobs import BatchOptions, run_batch
-from tasks.settings import Endpoint, Settings
+from indexflow.emulator.config import BatchConfig, EmulatorConfig
+from indexflow.emulator.server import running_emulator
+from indexflow.flows.batches_cli import batches_app
+from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+from indexflow.tasks.settings import Endpoint, Settings
+from tests.datasets import scifact_corpus
 
-SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.Experiment
 def waiting_run(tmp_path, monkeypatch):
     """A table whose one batch job is still running, and the environment the CLI reads."""
     corpus = tmp_path / "c.jsonl"
-    with SCIFACT.open() as src:
+    with scifact_corpus().open() as src:
         corpus.write_text("".join(line for _, line in zip(range(40), src)))
     with running_emulator(EmulatorConfig(batch=BatchConfig(pending_seconds=0.05, running_seconds=60))) as emu:
         monkeypatch.setenv("GEMINI_API_KEY", emu.api_key)
@@ -64,7 +64,7 @@ def test_list_status_and_cancel(waiting_run, capsys):
 
 
 def test_unknown_job_is_a_config_error(waiting_run, capsys):
-    from tasks.errors import ConfigError
+    from indexflow.tasks.errors import ConfigError
 
     settings, _, _ = waiting_run
     with pytest.raises(ConfigError) as info:

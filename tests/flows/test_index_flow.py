@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from flows.cli import EXIT_CONFIG, EXIT_OK, EXIT_QUOTA, main
-from flows.index_corpus import index_corpus
-from tasks.errors import ConfigError, DailyQuotaError
-from tasks.report import artifact_key
+from indexflow.flows.cli import EXIT_CONFIG, EXIT_OK, EXIT_QUOTA, main
+from indexflow.flows.index_corpus import index_corpus
+from indexflow.tasks.errors import ConfigError, DailyQuotaError
+from indexflow.tasks.report import artifact_key
 from tests.flows.service_fixtures import summary_rows, table_ids, write_corpus
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tasks.writer_lock import (
+from indexflow.tasks.writer_lock import (
     TableBusyError,
     is_local,
     lock_path,
@@ -101,7 +101,7 @@ def test_file_lock_is_released_when_its_holder_dies(tmp_path):
     db = str(tmp_path / "db")
     script = (
         "import asyncio, sys\n"
-        "from tasks.writer_lock import table_writer\n"
+        "from indexflow.tasks.writer_lock import table_writer\n"
         "async def main():\n"
         f"    async with table_writer({db!r}, 'docs'):\n"
         "        print('held', flush=True)\n"

@@ -76,7 +76,7 @@ def test_key_from_worker_environment_is_never_stored(worker, semu, tmp_path):
 def test_key_from_secret_block_is_used_and_never_stored(prefect_in_process, semu, tmp_path, monkeypatch):
     from prefect.blocks.system import Secret
 
-    from flows.index_corpus import index_corpus
+    from indexflow.flows.index_corpus import index_corpus
 
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_GEMINI_BASE_URL", raising=False)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from emulator.faults import FaultInjector
+from indexflow.emulator.faults import FaultInjector
 from tests.flows.service_fixtures import table_ids, write_corpus  # noqa: E402
 
 
@@ -48,7 +48,7 @@ async def _embed_task_runs(flow_run_name: str | None = None, state_name: str | N
 @pytest.mark.parametrize("rebuild", [False, True], ids=["incremental", "rebuild"])
 def test_prefect_task_retry_resumes_without_reembedding(prefect_in_process, emu, tmp_path, monkeypatch, rebuild):
     # with rebuild=True the table is dropped once per run, never again by the retried task
-    from flows.index_corpus import index_corpus
+    from indexflow.flows.index_corpus import index_corpus
 
     table = "rebuilt" if rebuild else "retry"
     run_name = f"index-{table}-online"

@@ -19,20 +19,20 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from emulator.config import BatchConfig, EmulatorConfig
-from emulator.server import RunningEmulator, running_emulator
-from tasks.batch_jobs import BatchOptions, cancel_live_jobs, choose_route, run_batch
-from tasks.batch_results import parse_status, poll_interval
-from tasks.batch_submit import jsonl_input
-from tasks.errors import BatchJobError, ConfigError
-from tasks.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
-from tasks.online import corpus_chunks, open_store, run_online
-from tasks.problems import ProblemLog
-from tasks.settings import Endpoint, Settings
-from tasks.store import VectorStore
+from indexflow.emulator.config import BatchConfig, EmulatorConfig
+from indexflow.emulator.server import RunningEmulator, running_emulator
+from indexflow.tasks.batch_jobs import BatchOptions, cancel_live_jobs, choose_route, run_batch
+from indexflow.tasks.batch_results import parse_status, poll_interval
+from indexflow.tasks.batch_submit import jsonl_input
+from indexflow.tasks.errors import BatchJobError, ConfigError
+from indexflow.tasks.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
+from indexflow.tasks.online import corpus_chunks, open_store, run_online
+from indexflow.tasks.problems import ProblemLog
+from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.store import VectorStore
+from tests.datasets import scifact_corpus
 
 REPO = Path(__file__).resolve().parents[2]
-SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 OPTS = BatchOptions(poll_seconds=0.02)
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
@@ -50,7 +50,7 @@ def endpoint(emu: RunningEmulator) -> Endpoint:
 @pytest.fixture(scope="module")
 def corpus_300(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "scifact300.jsonl"
-    with SCIFACT.open() as src:
+    with scifact_corpus().open() as src:
         path.write_text("".join(line for _, line in zip(range(300), src)))
     return path
 
@@ -154,10 +154,10 @@ def test_batch_run_equals_online_run_row_for_row_and_books_batch_tokens(emu, end
 
 
 def test_full_scifact_batch_run_equals_online_run(emu, endpoint, tmp_path):
-    online = Settings(corpus=SCIFACT, db_uri=str(tmp_path / "db"), table="online")
+    online = Settings(corpus=scifact_corpus(), db_uri=str(tmp_path / "db"), table="online")
     online_index(online, endpoint)
     emu.admin.reset()
-    batched = Settings(corpus=SCIFACT, db_uri=str(tmp_path / "db"), table="batched")
+    batched = Settings(corpus=scifact_corpus(), db_uri=str(tmp_path / "db"), table="batched")
     out = batch(batched, endpoint)
     stats = emu.admin.stats()
     assert out.status == "completed" and out.committed_rows == stats["batches.items"] > 5_183
@@ -319,8 +319,8 @@ def genai_client_for():
 CHILD = textwrap.dedent("""
     import asyncio, sys
     from pydantic import SecretStr
-    from tasks.batch_jobs import BatchOptions, run_batch
-    from tasks.settings import Endpoint, Settings
+    from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+    from indexflow.tasks.settings import Endpoint, Settings
     corpus, db, base_url, key = sys.argv[1:5]
     settings = Settings(corpus=corpus, db_uri=db, table="b")
     endpoint = Endpoint(api_key=SecretStr(key), base_url=base_url)
@@ -408,7 +408,7 @@ def test_intent_whose_job_never_existed_is_submitted_again(emu, endpoint, corpus
 
 
 def _create_once(create_errors, find_results, attempts=3):
-    from tasks.batch_submit import create_once
+    from indexflow.tasks.batch_submit import create_once
 
     calls = {"create": 0, "find": 0, "slept": []}
 
@@ -438,14 +438,14 @@ def _create_once(create_errors, find_results, attempts=3):
 
 
 def test_create_after_a_transient_failure_adopts_the_job_that_was_made():
-    from tasks.errors import TransientAPIError
+    from indexflow.tasks.errors import TransientAPIError
 
     result, calls = _create_once([TransientAPIError("timeout", status=None)], ["batches/made"])
     assert result == "batches/made" and calls["create"] == 1 and calls["find"] == 1
 
 
 def test_create_retries_only_after_the_lookup_finds_nothing():
-    from tasks.errors import RateLimitedError, TransientAPIError
+    from indexflow.tasks.errors import RateLimitedError, TransientAPIError
 
     result, calls = _create_once([TransientAPIError("503", status=503), RateLimitedError("429", retry_after=7.0)],
                                  [None, None])
@@ -457,7 +457,7 @@ def test_create_retries_only_after_the_lookup_finds_nothing():
 
 
 def test_create_rejection_is_not_retried_and_a_failed_lookup_is_unknown():
-    from tasks.errors import BadRequestError, TransientAPIError
+    from indexflow.tasks.errors import BadRequestError, TransientAPIError
 
     result, calls = _create_once([BadRequestError("400", status=400)], [])
     assert isinstance(result, BadRequestError) and calls["find"] == 0

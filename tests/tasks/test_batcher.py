@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from emulator.embedding import embed_texts
-from tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
-from tasks.chunk import Chunk
-from tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
-from tasks.gemini import make_client
-from tasks.limits import RateLimiter
-from tasks.recipe import Recipe
-from tasks.retry import RetryPolicy
-from tasks.settings import Endpoint, Limits
-from tasks.tokens import estimate_tokens
+from indexflow.emulator.embedding import embed_texts
+from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
+from indexflow.tasks.gemini import make_client
+from indexflow.tasks.limits import RateLimiter
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.retry import RetryPolicy
+from indexflow.tasks.settings import Endpoint, Limits
+from indexflow.tasks.tokens import estimate_tokens
+from tests.datasets import scifact_corpus
 
-SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 RECIPE = Recipe(dimensions=768)
 
 
@@ -36,7 +36,7 @@ def make_chunk(i: int, text: str, title: str = "") -> Chunk:
 
 def scifact_chunks(n: int) -> list[Chunk]:
     chunks = []
-    with SCIFACT.open() as f:
+    with scifact_corpus().open() as f:
         for i, line in zip(range(n), f):
             doc = json.loads(line)
             chunks.append(make_chunk(i, doc["text"][:4000] or doc["title"], doc["title"]))

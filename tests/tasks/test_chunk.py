@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.chunk import Chunk, _split, chunk_document, chunk_documents, normalize_text
-from tasks.corpus import Document, read_corpus
-from tasks.errors import ConfigError
-from tasks.recipe import Recipe
-from tasks.tokens import estimate_tokens
+from indexflow.tasks.chunk import Chunk, _split, chunk_document, chunk_documents, normalize_text
+from indexflow.tasks.corpus import Document, read_corpus
+from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.tokens import estimate_tokens
+from tests.datasets import scifact_corpus
 
-SCIFACT = Path(__file__).parents[2].parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 RECIPE = Recipe()
 
 
@@ -163,11 +163,11 @@ def test_bad_limits_are_refused() -> None:
 def test_scifact_documents_are_almost_all_one_chunk_at_the_defaults() -> None:
     problems = []
     per_doc: Counter[str] = Counter()
-    docs = read_corpus(SCIFACT, on_problem=problems.append)
+    docs = read_corpus(scifact_corpus(), on_problem=problems.append)
     for chunk in chunk_documents(docs, RECIPE, max_tokens=1024, overlap_tokens=64):
         assert chunk.tokens <= 1024
         per_doc[chunk.doc_id] += 1
-    with SCIFACT.open(encoding="utf-8") as lines:
+    with scifact_corpus().open(encoding="utf-8") as lines:
         documents = sum(1 for line in lines if json.loads(line)["text"].strip())
     assert problems == [] and len(per_doc) == documents
     single = sum(1 for n in per_doc.values() if n == 1)

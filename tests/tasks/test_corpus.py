@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.corpus import REASONS, Document, read_corpus
-from tasks.errors import ConfigError, InputError
+from indexflow.tasks.corpus import REASONS, Document, read_corpus
+from indexflow.tasks.errors import ConfigError, InputError
+from tests.datasets import scifact_corpus
 
 REPO = Path(__file__).parents[2]
-SCIFACT = REPO.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 
 
 def read(path: Path, **options) -> tuple[list[Document], list[InputError]]:
@@ -159,12 +159,12 @@ def test_jsonl_prefers_id_over_underscore_id_and_skips_blank_lines(tmp_path: Pat
 
 def test_scifact_first_records_read_as_is() -> None:
     problems: list[InputError] = []
-    docs = list(islice(read_corpus(SCIFACT, on_problem=problems.append), 300))
-    with SCIFACT.open(encoding="utf-8") as lines:
+    docs = list(islice(read_corpus(scifact_corpus(), on_problem=problems.append), 300))
+    with scifact_corpus().open(encoding="utf-8") as lines:
         expected = [json.loads(line) for line in islice(lines, 300)]
     assert problems == []
     assert [(d.id, d.title, d.text) for d in docs] == [(r["_id"], r["title"], r["text"]) for r in expected]
-    assert docs[299].source == f"{SCIFACT}:300"
+    assert docs[299].source == f"{scifact_corpus()}:300"
 
 
 def test_parquet_with_field_options_and_integer_ids(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from emulator.embedding import embed_texts
-from tasks.errors import (
+from indexflow.emulator.embedding import embed_texts
+from indexflow.tasks.errors import (
     AuthError,
     BadRequestError,
     BadResponseError,
@@ -19,9 +19,9 @@ from tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from tasks.gemini import classify, embed_batch, embed_query, make_client, parse_duration, sanitize
-from tasks.recipe import Recipe
-from tasks.settings import Endpoint
+from indexflow.tasks.gemini import classify, embed_batch, embed_query, make_client, parse_duration, sanitize
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.settings import Endpoint
 
 RECIPE = Recipe(dimensions=768)
 TEXTS = ["Aspirin lowers the risk of stroke.", "Vitamin D and bone density in adults.", "Gut microbes and mood."]

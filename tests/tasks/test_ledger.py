@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.chunk import Chunk
-from tasks.errors import StoreError
-from tasks.ledger import (
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import StoreError
+from indexflow.tasks.ledger import (
     CANCELLED, COLLECTED, CREATED, FAILED, INTENT, ITEMS_SUFFIX, JOBS_SUFFIX, RUNNING, JobRecord, Ledger, job_key,
 )
 

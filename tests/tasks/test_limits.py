@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from tasks.errors import ConfigError, DailyQuotaError
-from tasks.limits import AdaptiveConcurrency, RateLimiter
-from tasks.settings import Limits
+from indexflow.tasks.errors import ConfigError, DailyQuotaError
+from indexflow.tasks.limits import AdaptiveConcurrency, RateLimiter
+from indexflow.tasks.settings import Limits
 from tests.fakes import FakeClock
 
 

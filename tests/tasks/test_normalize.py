@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.errors import BadResponseError
-from tasks.normalize import find_bad_rows, l2_normalize
+from indexflow.tasks.errors import BadResponseError
+from indexflow.tasks.normalize import find_bad_rows, l2_normalize
 
 
 def test_rows_become_unit_length_float32_and_keep_direction():

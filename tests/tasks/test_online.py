@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from emulator.embedding import embed_texts
-from tasks.errors import RecipeMismatchError
-from tasks.online import plan_run, run_online
-from tasks.settings import Endpoint, Settings
-from tasks.store import VectorStore
+from indexflow.emulator.embedding import embed_texts
+from indexflow.tasks.errors import RecipeMismatchError
+from indexflow.tasks.online import plan_run, run_online
+from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.store import VectorStore
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
          "sigma tau upsilon phi chi psi omega").split()

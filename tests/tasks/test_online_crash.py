@@ -15,8 +15,8 @@ from pathlib import Path
 import lancedb
 from pydantic import SecretStr
 
-from tasks.online import run_online
-from tasks.settings import Endpoint, Settings
+from indexflow.tasks.online import run_online
+from indexflow.tasks.settings import Endpoint, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 N, GROUP, BATCH = 120, 10, 5
@@ -25,8 +25,8 @@ CHILD = """
 import asyncio, sys
 from pathlib import Path
 from pydantic import SecretStr
-from tasks.online import run_online
-from tasks.settings import Endpoint, Settings
+from indexflow.tasks.online import run_online
+from indexflow.tasks.settings import Endpoint, Settings
 corpus, db, url, key = sys.argv[1:5]
 s = Settings(corpus=Path(corpus), db_uri=db, table="t", batch_size={batch}, concurrency=1,
              write_group_rows={group}, write_group_seconds=60)

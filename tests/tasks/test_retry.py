@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tasks.errors import (
+from indexflow.tasks.errors import (
     AuthError,
     BadRequestError,
     BadResponseError,
@@ -16,9 +16,9 @@ from tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from tasks.limits import RateLimiter
-from tasks.retry import RetryPolicy, call_with_retries, embed_resolving
-from tasks.settings import Limits
+from indexflow.tasks.limits import RateLimiter
+from indexflow.tasks.retry import RetryPolicy, call_with_retries, embed_resolving
+from indexflow.tasks.settings import Limits
 from tests.fakes import FakeClock
 
 

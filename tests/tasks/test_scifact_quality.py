@@ -12,16 +12,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tasks.online import open_store, run_online
-from tasks.query import aquery
-from tasks.settings import Endpoint, Settings
+from indexflow.tasks.online import open_store, run_online
+from indexflow.tasks.query import aquery
+from indexflow.tasks.settings import Endpoint, Settings
+from tests.datasets import scifact_dir
 
-SCIFACT = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "scifact"
 # Measured 2026-11-21 with the emulator's lexical vectors at 768 dims: nDCG@10 = 0.4614 (see BENCHMARKS.md).
 NDCG_FLOOR = 0.45
-
-pytestmark = pytest.mark.skipif(not SCIFACT.exists(), reason="../shared/datasets/scifact is not beside the repo")
-
 
 def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
     dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
@@ -30,7 +27,7 @@ def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
 
 
 def test_scifact_ndcg_at_10(emu, tmp_path):
-    s = Settings(corpus=SCIFACT / "corpus.jsonl", db_uri=str(tmp_path / "db"), table="scifact")
+    s = Settings(corpus=scifact_dir() / "corpus.jsonl", db_uri=str(tmp_path / "db"), table="scifact")
     ep = Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url)
     out = asyncio.run(run_online(s, ep))
     assert out.error is None and out.problems.count == 0
@@ -38,11 +35,11 @@ def test_scifact_ndcg_at_10(emu, tmp_path):
     open_store(s).finalize()  # as the flow does after writing
 
     qrels: dict[str, set[str]] = defaultdict(set)
-    for line in (SCIFACT / "qrels.tsv").read_text().splitlines()[1:]:
+    for line in (scifact_dir() / "qrels.tsv").read_text().splitlines()[1:]:
         qid, doc, score = line.split("\t")
         if int(score) > 0:
             qrels[qid].add(doc)
-    queries = [json.loads(l) for l in (SCIFACT / "queries.jsonl").read_text().splitlines()]
+    queries = [json.loads(l) for l in (scifact_dir() / "queries.jsonl").read_text().splitlines()]
     queries = [q for q in queries if q["_id"] in qrels]
     assert len(queries) == 300
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from tasks.chunk import Chunk
-from tasks.errors import ConfigError, StoreError
-from tasks.recipe import Recipe
-from tasks.search import Hit, IndexPolicy, explain_vector_search
-from tasks.store import VectorStore, rows_from
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import ConfigError, StoreError
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.search import Hit, IndexPolicy, explain_vector_search
+from indexflow.tasks.store import VectorStore, rows_from
 
 DIM = 32
 WORDS = ["protein", "galaxy", "river", "vaccine", "neuron", "glacier", "enzyme", "comet"]

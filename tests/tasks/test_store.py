@@ -7,11 +7,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tasks.chunk import Chunk
-from tasks.errors import RecipeMismatchError, StoreError
-from tasks.recipe import Recipe
-from tasks.search import IndexPolicy
-from tasks.store import (
+from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.errors import RecipeMismatchError, StoreError
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.search import IndexPolicy
+from indexflow.tasks.store import (
     DEAD_LETTER_SUFFIX,
     RECIPE_KEY,
     FailedItem,
@@ -19,7 +19,7 @@ from tasks.store import (
     chunk_schema,
     rows_from,
 )
-from tasks.writer import GroupWriter
+from indexflow.tasks.writer import GroupWriter
 
 DIM = 16
 RECIPE = Recipe(dimensions=DIM)
@@ -198,7 +198,7 @@ def test_delete_ids_with_quotes_and_sql_looking_text(store):
 
 
 def test_delete_in_batches_larger_than_one_filter(store, monkeypatch):
-    import tasks.store as store_module
+    import indexflow.tasks.store as store_module
 
     monkeypatch.setattr(store_module, "ID_BATCH", 7)
     store.upsert(rows_from(make_chunks(30), unit(30)))
@@ -298,7 +298,7 @@ def test_dead_letters_round_trip_and_replace_by_chunk_id(tmp_path, store):
 
 
 def test_dead_letters_accept_the_batchers_failure_records(store):
-    from tasks.batcher import FailedItem as BatcherFailure
+    from indexflow.tasks.batcher import FailedItem as BatcherFailure
 
     chunk = make_chunks(1)[0]
     when = datetime(2025, 5, 5, tzinfo=timezone.utc)

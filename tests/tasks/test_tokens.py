@@ -8,10 +8,10 @@ import random
 from itertools import islice
 from pathlib import Path
 
-from emulator.embedding import count_tokens as emulator_count
-from tasks.tokens import count_pieces, estimate_tokens
+from indexflow.emulator.embedding import count_tokens as emulator_count
+from indexflow.tasks.tokens import count_pieces, estimate_tokens
+from tests.datasets import scifact_corpus
 
-SCIFACT = Path(__file__).parents[2].parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 
 ALPHABETS = [
     "abcdefghijklmnopqrstuvwxyz",
@@ -64,7 +64,7 @@ def test_pieces_add_over_whitespace_and_never_grow_when_glued() -> None:
 
 
 def test_close_to_the_emulator_on_scientific_prose() -> None:
-    with SCIFACT.open(encoding="utf-8") as lines:
+    with scifact_corpus().open(encoding="utf-8") as lines:
         texts = [json.loads(line)["text"] for line in islice(lines, 1000)]
     ours = sum(estimate_tokens(t) for t in texts)
     emulator = sum(emulator_count(t) for t in texts)
