@@ -13,6 +13,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
+from indexflow.tasks.errors import TableNotFoundError
 from indexflow.tasks.ledger import JobRecord, Ledger
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -54,11 +55,27 @@ def _endpoint():
     return resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL"))
 
 
+def _ledger_or_none(db: str, table: str) -> Ledger | None:
+    """The table's ledger; None when the index exists but no batch run has used it.
+
+    A missing database or index table raises TableNotFoundError: that is a wrong --db/--table,
+    not an empty list. Nothing is created either way.
+    """
+    try:
+        return Ledger.open(db, table, create=False)
+    except TableNotFoundError:
+        from indexflow.tasks.store import VectorStore
+
+        VectorStore.open(db, table, None, create=False)  # raises when the index itself is missing
+        return None
+
+
 @batches_app.command(name="list")
 def list_jobs(*, db: Db = ".indexflow/lancedb", table: Table = "corpus", open_only: bool = False,
               json: bool = False) -> int:
     """List the batch jobs of TABLE, oldest first (with --open-only, those a run still has to act on)."""
-    records = Ledger.open(db, table, create=False).jobs(open_only=open_only)
+    ledger = _ledger_or_none(db, table)
+    records = ledger.jobs(open_only=open_only) if ledger is not None else []
     rows = [_row(r) for r in records]
     if json:
         print(jsonlib.dumps(rows, indent=2))
@@ -91,12 +108,18 @@ def status(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", 
 
 
 @batches_app.command
-def cancel(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus") -> int:
-    """Cancel JOB (its key, `batches/ID` or ID); a finished job is left alone for the next run to collect."""
+def cancel(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", json: bool = False) -> int:
+    """Cancel JOB (its key, `batches/ID` or ID); a finished job is left alone for the next run to collect.
+
+    Exits 1 when nothing was cancelled (with --json too: {"job": JOB, "cancelled": []}).
+    """
     from indexflow.tasks.batch_jobs import cancel_jobs
 
     with _endpoint() as (endpoint, _):
         cancelled = asyncio.run(cancel_jobs(db, table, endpoint, refs=[job]))
+    if json:
+        print(jsonlib.dumps({"job": job, "cancelled": cancelled}, indent=2))
+        return EXIT_OK if cancelled else EXIT_FAILED
     if not cancelled:
         print(f"{job}: not cancelled (it is no longer running, or was never created)")
         return EXIT_FAILED

@@ -17,9 +17,12 @@ from typing import Annotated, Literal  # noqa: E402
 
 from cyclopts import App, Parameter  # noqa: E402
 
+from indexflow import __version__  # noqa: E402
 from indexflow.flows.batches_cli import batches_app  # noqa: E402
-from indexflow.tasks.errors import ConfigError, DailyQuotaError, IndexflowError  # noqa: E402
+from indexflow.tasks.errors import ConfigError, DailyQuotaError, IndexflowError, TableNotFoundError  # noqa: E402
 
+# 0 done; 1 the run or call failed; 2 bad input (an option, a missing corpus, database, table or
+# job; cyclopts' own parse errors exit 2 as well); 3 the per-day quota is spent.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
 
 app = App(
@@ -27,6 +30,8 @@ app = App(
     help="Keep a LanceDB vector index of a corpus fresh with Gemini embeddings.\n\n"
     "Without GEMINI_API_KEY every command uses the built-in Gemini API emulator.",
     result_action="return_value",
+    # Explicit: cyclopts guesses from the calling module and prints 0.0.0 under `python -m`.
+    version=__version__,
 )
 app.command(batches_app)
 
@@ -46,11 +51,13 @@ class RunOptions:
     tier: Literal["free", "1", "2", "3", "unlimited"] | None = None
     "Quota preset of your Gemini project (default: free with a key, unlimited with the emulator)."
     rpm: int | None = None
-    "Requests per minute, overriding the tier."
+    "Requests per minute. With --tier it overrides the tier's; without, --rpm/--tpm/--rpd are your whole quota."
     tpm: int | None = None
-    "Tokens per minute, overriding the tier."
+    "Tokens per minute (same rule as --rpm: without --tier nothing is taken from a preset)."
     rpd: int | None = None
-    "Requests per day, overriding the tier."
+    "Requests per day (same rule; without --tier and without --rpd there is no per-day cap)."
+    rpm_counts: Literal["texts", "calls"] | None = None
+    "What one request per minute is: each text of a batch call (the presets) or each call."
     dimensions: int = 768
     "Output dimensionality, 128-3072."
     batch_size: int = 100
@@ -84,7 +91,7 @@ class RunOptions:
 
     def options(self) -> dict | None:
         extra = {"batch_threshold": self.batch_threshold, "deadline_seconds": self.deadline,
-                 "batch_wait_limit_seconds": self.wait_limit}
+                 "batch_wait_limit_seconds": self.wait_limit, "rpm_counts": self.rpm_counts}
         return {k: v for k, v in extra.items() if v is not None} or None
 
     def flow_params(self, corpus: Path, t: TableOptions) -> dict:
@@ -172,17 +179,19 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
     b = BatchOptions.from_settings(settings)
     route = choose_route(settings.mode, counts.chunks_to_embed, threshold=b.threshold,
                          deadline_seconds=b.deadline_seconds, turnaround_seconds=b.turnaround_seconds)
-    out = counts.as_dict() | {"tier": settings.tier, "route": route, "input_problems": problems.count,
-                              "forecast": asdict(fc)}
+    quota = settings.quota
+    out = counts.as_dict() | {"tier": quota.preset, "limits": quota.as_dict(), "route": route,
+                              "input_problems": problems.count, "forecast": asdict(fc)}
     if json:
         print(jsonlib.dumps(out, indent=2))
         return EXIT_OK
-    eta = "no quota limit" if fc.online_seconds is None else f"{fc.online_seconds:,.0f} s at tier {settings.tier}"
+    eta = "no quota limit" if fc.online_seconds is None else f"{fc.online_seconds:,.0f} s under these limits"
     if fc.days > 1:
         eta += f" ({fc.days} days of per-day quota)"
     rows = [{"metric": k.replace("_", " "), "value": v} for k, v in counts.as_dict().items() if v is not None]
     rows += [
         {"metric": "route", "value": f"{route} (mode {settings.mode})"},
+        {"metric": "limits", "value": quota.describe()},
         {"metric": "input problems", "value": problems.count},
         {"metric": "API calls", "value": fc.calls},
         {"metric": "online cost (USD)", "value": f"{fc.online_cost_usd:.6f}"},
@@ -195,9 +204,22 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
     return EXIT_OK
 
 
+def query_mode(mode: str | None, hybrid: bool) -> str:
+    """--mode, with the deprecated --hybrid as its alias; a contradiction is a ConfigError."""
+    if hybrid:
+        print("indexflow: --hybrid is deprecated; use --mode hybrid", file=sys.stderr)
+        if mode not in (None, "hybrid"):
+            raise ConfigError(f"--hybrid means --mode hybrid and contradicts --mode {mode}; pass only --mode",
+                              mode=mode)
+        return "hybrid"
+    return mode or "vector"
+
+
 @app.command
 def query(text: str, *, t: TableOptions = TableOptions(),
-          k: Annotated[int, Parameter(name=["-k", "--k"])] = 10, hybrid: bool = False, json: bool = False) -> int:
+          k: Annotated[int, Parameter(name=["-k", "--k"])] = 10,
+          mode: Literal["vector", "fts", "hybrid"] | None = None,
+          hybrid: Annotated[bool, Parameter(negative=())] = False, json: bool = False) -> int:
     """Search the index for TEXT and print rank, score, document id, title and a snippet.
 
     Parameters
@@ -206,17 +228,25 @@ def query(text: str, *, t: TableOptions = TableOptions(),
         The question or keywords.
     k
         How many hits.
+    mode
+        vector (default: embeds TEXT, one API call), fts (full-text BM25, no API call) or hybrid (both, fused by
+        reciprocal rank).
     hybrid
-        Fuse vector search with full-text search (reciprocal rank fusion).
+        Deprecated: the same as --mode hybrid.
     json
-        Print hits as JSON.
+        Print hits as JSON (a list; [] when nothing matches).
     """
-    from indexflow.tasks.endpoint import resolve_endpoint
     from indexflow.tasks.query import query as run_query
 
-    with resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
-        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k,
-                         mode="hybrid" if hybrid else "vector")
+    how = query_mode(mode, hybrid)
+    if how == "fts":  # nothing to embed: no endpoint, no emulator, no API call
+        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=None, k=k, mode="fts")
+    else:
+        from indexflow.tasks.endpoint import resolve_endpoint
+
+        with resolve_endpoint(os.environ.get("GEMINI_API_KEY"),
+                              os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
+            hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k, mode=how)
     if json:
         print(jsonlib.dumps([asdict(h) for h in hits], indent=2))
         return EXIT_OK
@@ -247,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         return emulator_main(argv[1:], prog="indexflow emulator")
     try:
         code = app(argv, exit_on_error=True)
+    except SystemExit as exc:  # cyclopts' parse errors (already printed) exit 2 = EXIT_CONFIG
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_FAILED
     except DailyQuotaError as exc:
         print(f"indexflow: stopped, daily quota exhausted: {exc}\nEverything embedded so far is saved; "
               "run the same command again after the quota resets to continue.", file=sys.stderr)
         return EXIT_QUOTA
-    except ConfigError as exc:
+    except (ConfigError, TableNotFoundError) as exc:
         print(f"indexflow: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except IndexflowError as exc:

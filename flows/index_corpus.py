@@ -120,8 +120,9 @@ def settings_from_params(params: dict[str, Any], *, emulator: bool) -> Settings:
     clash = sorted(set(options) & set(params))
     if clash:
         raise ConfigError(f"options {clash} are also flow parameters; set them once", fields=[(c,) for c in clash])
-    params["tier"] = params.get("tier") or ("unlimited" if emulator else "free")
-    return build_settings(**params, **options)
+    # Only the default preset depends on the endpoint; an unset tier stays unset (see resolve_quota).
+    default = {"default_tier": "unlimited" if emulator else "free"}
+    return build_settings(**(default | params | options))
 
 
 async def _cancel_batch_jobs(flow, flow_run, state) -> None:
@@ -201,6 +202,7 @@ async def index_corpus(
                 counts.chunks_to_embed, counts.tokens_to_embed, fc.online_cost_usd, fc.batch_cost_usd,
                 counts.chunks_unchanged, route,
             )
+            logger.info("Limits: %s", settings.quota.describe())
             try:
                 if route == "batch":
                     run_id = (flow_run.get_id() or "local").replace("-", "")[:12]
@@ -235,6 +237,7 @@ def summarize(settings: Settings, label: str, route: str, outcome: OnlineOutcome
         table=settings.table, mode=settings.mode, route=route, endpoint=label.split(" (")[0], status=status,
         plan=outcome.plan, docs_failed=problems.count, chunks_embedded=outcome.committed_rows,
         chunks_deleted=outcome.deleted_rows, dead_lettered=outcome.dead_lettered,
+        limits=settings.quota.as_dict(),
         api_calls=e.calls, tokens=e.tokens_sent, rate_limited=e.rate_limited, retries=e.retries,
         wall_seconds=wall, problems=problems.samples, failures=outcome.failures,
         message=str(outcome.error) if outcome.error is not None else None,

@@ -429,12 +429,15 @@ class _BatchRun:
             dead += len(items)
             await self._dead_letter([FailedItem.of(i) for i in items])
 
-        stats = await embed_chunks(chunks, client=self.client, options=EmbedOptions.from_settings(self.settings),
-                                   sink=sink, on_failed=on_failed)
-        for name, value in stats.as_dict().items():
-            if isinstance(value, (int, float)) and name not in ("max_reader_lead", "reader_lead_bound"):
-                setattr(self.out.embed, name, getattr(self.out.embed, name) + value)
-        self.out.online_tokens += stats.tokens_sent
+        stats = EmbedStats()
+        try:
+            await embed_chunks(chunks, client=self.client, options=EmbedOptions.from_settings(self.settings),
+                               sink=sink, on_failed=on_failed, stats=stats)
+        finally:  # counted even when the online fallback stops the run
+            for name, value in stats.as_dict().items():
+                if isinstance(value, (int, float)) and name not in ("max_reader_lead", "reader_lead_bound"):
+                    setattr(self.out.embed, name, getattr(self.out.embed, name) + value)
+            self.out.online_tokens += stats.tokens_sent
         return stats.embedded, dead
 
     async def _dead_letter(self, items: list[FailedItem]) -> None:

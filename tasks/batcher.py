@@ -15,6 +15,8 @@ Contract of `embed_chunks` (the caller owns flushing whatever the sink buffers):
   a sink error, an unexpected bug) every stage stops; results already computed are still handed
   to the sink (unless the sink itself failed), then the error is re-raised. Either way, every
   vector the sink received came in a complete, paired batch.
+- The counters are kept in `stats` when the caller passes one: a stopped run still reports the
+  calls, retries, 429s and tokens it spent (the raised error does not carry them).
 """
 
 from __future__ import annotations
@@ -158,11 +160,13 @@ async def embed_chunks(
     embed: EmbedFn | None = None,
     limiter: RateLimiter | None = None,
     policy: RetryPolicy | None = None,
+    stats: EmbedStats | None = None,
 ) -> EmbedStats:
     """Embed every chunk once and hand (chunks, normalized vectors) to `sink`; see the module docstring.
 
     `client` is a google-genai client (from `tasks.gemini.make_client`); `embed` replaces the
-    call itself (same contract as `tasks.gemini.embed_batch`, raising IndexflowError).
+    call itself (same contract as `tasks.gemini.embed_batch`, raising IndexflowError). `stats`,
+    if given, is filled in place and returned, so its counters survive a fatal error.
     """
     if embed is None:
         if client is None:
@@ -177,6 +181,7 @@ async def embed_chunks(
         total=total,
         limiter=limiter or RateLimiter(options.limits),
         policy=policy or RetryPolicy(max_attempts=options.max_attempts, max_elapsed=options.max_retry_seconds),
+        stats=EmbedStats() if stats is None else stats,
     )
     return await pipeline.run(chunks)
 
@@ -193,6 +198,7 @@ class _Pipeline:
         total: int | None,
         limiter: RateLimiter,
         policy: RetryPolicy,
+        stats: EmbedStats,
     ) -> None:
         self.options = options
         self.embed = embed
@@ -204,7 +210,7 @@ class _Pipeline:
         self.policy = policy
         self.concurrency = AdaptiveConcurrency(options.concurrency)
         self.size = options.texts_per_call
-        self.stats = EmbedStats()
+        self.stats = stats
         self.settled = 0
         self.stopping = False
         self._protected: set[asyncio.Task] = set()  # workers with a call on the wire or a result to deliver

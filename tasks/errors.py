@@ -5,6 +5,7 @@
     ├── InputError                      one corpus item cannot be read (terminal for that item)
     ├── RecipeMismatchError             the table was built with another embedding recipe (terminal)
     ├── StoreError                      LanceDB refused or returned something unexpected (terminal)
+    │   ├── TableNotFoundError          a read names a database or table that does not exist (terminal)
     │   └── TableBusyError              another run holds the table's one-writer lock (terminal)
     ├── EmbedError                      an embedding call failed
     │   ├── TransientAPIError           5xx, timeout, dropped connection (transient)
@@ -59,6 +60,10 @@ class RecipeMismatchError(IndexflowError):
 
 class StoreError(IndexflowError):
     """LanceDB refused a write or returned something unexpected."""
+
+
+class TableNotFoundError(StoreError):
+    """A read-only open found no database or no table (reads never create one); facts `table`, `uri`."""
 
 
 class TableBusyError(StoreError):

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import lancedb
 import pyarrow as pa
 from lancedb.expr import col
 
 from indexflow.tasks.chunk import Chunk
-from indexflow.tasks.errors import StoreError
-from indexflow.tasks.store import PK_METADATA, UTC_US, open_or_create, open_or_none
+from indexflow.tasks.errors import StoreError, TableNotFoundError
+from indexflow.tasks.store import PK_METADATA, UTC_US, connect, open_or_create, open_or_none
 
 JOBS_SUFFIX = "__batch_jobs"
 ITEMS_SUFFIX = "__batch_items"
@@ -140,15 +140,15 @@ class Ledger:
     @classmethod
     def open(cls, uri: str, table: str, *, create: bool = True,
              storage_options: dict[str, str] | None = None) -> Ledger:
-        """The ledger of index `table` at `uri`; StoreError when missing and `create` is False."""
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+        """The ledger of index `table` at `uri`; TableNotFoundError when missing and `create` is False."""
+        db = connect(uri, create=create, table=table, storage_options=storage_options)
         if create:
             jobs = open_or_create(db, table + JOBS_SUFFIX, JOBS_SCHEMA, "key")
             items = open_or_none(db, table + ITEMS_SUFFIX) or _create_items(db, table + ITEMS_SUFFIX)
         else:
             jobs = open_or_none(db, table + JOBS_SUFFIX)
             if jobs is None:
-                raise StoreError(
+                raise TableNotFoundError(
                     f"no batch-job ledger for table {table!r} in {uri}; no batch run has used this table "
                     "(check --db/--table)", table=table, uri=uri)
             items = open_or_none(db, table + ITEMS_SUFFIX)

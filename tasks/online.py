@@ -103,16 +103,15 @@ async def run_online(settings: Settings, endpoint: Endpoint, *,
 
     client = make_client(endpoint)
     error: BaseException | None = None
-    stats = EmbedStats()
+    stats = EmbedStats()  # filled in place: a stopped stage still reports what it spent
     try:
-        stats = await embed_chunks(
+        await embed_chunks(
             planner.select(corpus_chunks(settings, problems)),
             client=client, options=EmbedOptions.from_settings(settings), sink=sink, on_failed=on_failed,
-            on_progress=on_progress, total=total,
+            on_progress=on_progress, total=total, stats=stats,
         )
     except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide
         error = exc
-        stats = getattr(exc, "stats", stats)
     # Stale rows are deleted only when the whole corpus was seen; after a failure the stream
     # stopped early and everything unseen would look deleted.
     if error is None:

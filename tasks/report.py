@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
+from indexflow.tasks.settings import describe_quota
 
 
 def artifact_key(kind: str, table: str) -> str:
@@ -28,6 +29,7 @@ class RunSummary:
     route: str = "online"
     status: str = "completed"
     plan: PlanCounts = field(default_factory=PlanCounts)
+    limits: dict[str, Any] = field(default_factory=dict)  # Settings.quota.as_dict(): values and their sources
     docs_failed: int = 0
     chunks_embedded: int = 0
     chunks_deleted: int = 0
@@ -87,6 +89,7 @@ class RunSummary:
             ("endpoint", self.endpoint),
             ("mode", self.mode),
             ("route", self.route),
+            *([("limits", describe_quota(self.limits))] if self.limits else []),
             ("documents seen", p.docs_seen),
             ("documents new", p.docs_new),
             ("documents changed", p.docs_changed),

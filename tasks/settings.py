@@ -38,6 +38,67 @@ TIERS: dict[str, Limits] = {
     "unlimited": Limits(),
 }
 
+LIMIT_FLAGS = {"rpm": "--rpm", "tpm": "--tpm", "rpd": "--rpd", "rpm_counts": "--rpm-counts"}
+
+
+class Quota(BaseModel):
+    """The limits a run applies and where each value came from (a flag, a tier, or nowhere)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limits: Limits
+    sources: dict[str, str]  # "rpm" | "tpm" | "rpd" | "rpm_counts" -> e.g. "--rpm", "tier 1"
+    preset: Tier | None  # the tier unset values came from; None when the user gave the quota
+
+    def as_dict(self) -> dict:
+        """JSON facts: {"rpm": {"value": 3000, "source": "--rpm"}, ..., "preset": "1"}."""
+        values = {"rpm": self.limits.rpm, "tpm": self.limits.tpm, "rpd": self.limits.rpd,
+                  "rpm_counts": self.limits.count}
+        return {k: {"value": v, "source": self.sources[k]} for k, v in values.items()} | {"preset": self.preset}
+
+    def describe(self) -> str:
+        return describe_quota(self.as_dict())
+
+
+def describe_quota(facts: dict) -> str:
+    """`Quota.as_dict()` as one line: rpm 3000 (--rpm), tpm 1000000 (--tpm), rpd none (tier 1), rpm counts texts (tier 1)."""
+    def part(name: str) -> str:
+        fact = facts[name]
+        value = "none" if fact["value"] is None else fact["value"]
+        return f"{name.replace('_', ' ')} {value} ({fact['source']})"
+
+    return ", ".join(part(name) for name in LIMIT_FLAGS if name in facts)
+
+
+def resolve_quota(tier: Tier | None, default_tier: Tier, given: dict[str, int | str | None]) -> Quota:
+    """The one rule for limits.
+
+    - `--tier T`: tier T's preset, each value given explicitly laid over it.
+    - no tier and none of rpm/tpm/rpd given: the default tier's preset (free with an API key,
+      unlimited with the emulator).
+    - no tier but rpm, tpm or rpd given: the user is describing their own quota, so nothing is
+      inherited from a preset (the free tier's 1,000 requests per day must not cap a paid
+      project that only said `--rpm 3000`); what is not given is not limited.
+    `rpm_counts` only says how RPM counts, so it never decides between these; unset, it is the
+    preset's, else "texts" (the stricter reading).
+    """
+    explicit = {k: v for k, v in given.items() if v is not None}
+    preset: Tier | None = tier
+    if tier is None and not explicit.keys() & {"rpm", "tpm", "rpd"}:
+        preset = default_tier
+    base = TIERS[preset] if preset is not None else Limits()
+    values = {"rpm": base.rpm, "tpm": base.tpm, "rpd": base.rpd, "rpm_counts": base.count}
+    if preset is not None:
+        where = f"tier {preset}" + (", by default" if tier is None else "")
+        sources = dict.fromkeys(values, where)
+    else:
+        sources = {k: f"no {flag}, no --tier" for k, flag in LIMIT_FLAGS.items()}
+        sources["rpm_counts"] = "default"
+    for name, value in explicit.items():
+        values[name], sources[name] = value, LIMIT_FLAGS[name]
+    limits = Limits(rpm=values["rpm"], tpm=values["tpm"], rpd=values["rpd"], count=values["rpm_counts"])
+    return Quota(limits=limits, sources=sources, preset=preset)
+
 
 class Endpoint(BaseModel):
     """Where embeddings come from: Google (base_url None) or any compatible server such as the emulator."""
@@ -81,8 +142,9 @@ class Settings(BaseModel):
     max_tokens_per_call: int | None = Field(default=None, gt=0)
     concurrency: int = Field(default=8, ge=1, le=256)
 
-    # quota
-    tier: Tier = "unlimited"
+    # quota (the rule: `resolve_quota`)
+    tier: Tier | None = None  # None: not chosen
+    default_tier: Tier = "unlimited"  # the preset when neither a tier nor rpm/tpm/rpd is given
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
     rpd: int | None = Field(default=None, gt=0)
@@ -134,15 +196,15 @@ class Settings(BaseModel):
         return Recipe(model=self.model, dimensions=self.dimensions, send_title=self.send_title)
 
     @property
+    def quota(self) -> Quota:
+        """The limits and where each value came from; see `resolve_quota` for the rule."""
+        return resolve_quota(self.tier, self.default_tier,
+                             {"rpm": self.rpm, "tpm": self.tpm, "rpd": self.rpd, "rpm_counts": self.rpm_counts})
+
+    @property
     def limits(self) -> Limits:
-        """The tier preset with any explicit rpm/tpm/rpd/rpm_counts laid over it."""
-        base = TIERS[self.tier]
-        overrides = {
-            k: v
-            for k, v in {"rpm": self.rpm, "tpm": self.tpm, "rpd": self.rpd, "count": self.rpm_counts}.items()
-            if v is not None
-        }
-        return base.model_copy(update=overrides)
+        """The limits a run applies (`quota` without the sources)."""
+        return self.quota.limits
 
     @property
     def call_token_budget(self) -> int:

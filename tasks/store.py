@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 from lancedb.expr import col
 
 from indexflow.tasks.chunk import Chunk
-from indexflow.tasks.errors import RecipeMismatchError, StoreError
+from indexflow.tasks.errors import RecipeMismatchError, StoreError, TableNotFoundError
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, search_table
 
@@ -168,6 +169,27 @@ def _id_batches(ids: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
+def local_path(uri: str) -> Path | None:
+    """The directory of a local database URI (a path or file://...); None for object storage and LanceDB Cloud."""
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+def connect(uri: str, *, create: bool = True, table: str | None = None,
+            storage_options: dict[str, str] | None = None) -> lancedb.DBConnection:
+    """A connection whose reads see every commit; with `create` False a missing local database is an error.
+
+    `lancedb.connect` makes the directory of a local URI, so a read-only command would leave an
+    empty database behind wherever a typo pointed it; the existence check comes first.
+    """
+    path = local_path(uri)
+    if not create and path is not None and not path.is_dir():
+        raise TableNotFoundError(f"no LanceDB database at {uri} (no such directory); check --db, "
+                                 "or run `indexflow index` first", table=table, uri=uri)
+    return lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+
+
 def open_or_none(db: lancedb.DBConnection, name: str):
     try:
         return db.open_table(name)
@@ -221,10 +243,12 @@ class VectorStore:
     ) -> VectorStore:
         """Open (or create) table `name` at `uri` for `recipe`; recipe None adopts the table's (queries).
 
-        Raises RecipeMismatchError when the table holds another recipe, StoreError when it is missing
-        and `create` is False. `rebuild` drops the table and its dead letters first.
+        Raises RecipeMismatchError when the table holds another recipe, TableNotFoundError when it
+        (or a local database) is missing and `create` is False or there is no recipe to create it
+        with; such an open writes nothing. `rebuild` drops the table and its dead letters first.
         """
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+        db = connect(uri, create=(create or rebuild) and recipe is not None, table=name,
+                     storage_options=storage_options)
         if rebuild:
             if recipe is None:
                 raise StoreError(f"cannot rebuild table {name!r} without a recipe", table=name)
@@ -233,7 +257,7 @@ class VectorStore:
         table = open_or_none(db, name)
         if table is None:
             if not create or recipe is None:
-                raise StoreError(
+                raise TableNotFoundError(
                     f"no index table {name!r} in {uri}; run `indexflow index` first or check --db/--table",
                     table=name, uri=uri,
                 )
@@ -248,7 +272,7 @@ class VectorStore:
                 f"index into a new table name (--table) or pass --rebuild to re-embed everything",
                 table=name, stored=stored_text, wanted=recipe.to_json() if recipe else None,
             )
-        if recipe is not None:
+        if recipe is not None and create:  # a read-only open never writes, not even the key
             _ensure_key(table, "id")
         return cls(db, name, table, stored_recipe, policy or IndexPolicy())
 

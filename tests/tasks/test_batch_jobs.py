@@ -246,6 +246,17 @@ def test_expired_job_falls_back_online(emu, endpoint, corpus_300, tmp_path):
     assert ledger_of(s).jobs()[0].resolution == "online"
 
 
+def test_an_online_fallback_stopped_by_an_outage_still_reports_its_calls(emu, endpoint, corpus_300, tmp_path):
+    emu.admin.set_batch_config({"expire_next_jobs": 1})
+    emu.admin.set_faults(rates={"503": 1.0})  # the online API is down for longer than the retries last
+    s = settings_for(corpus_300, tmp_path, max_attempts=2, concurrency=1)
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, failed_jobs="online"))
+    assert out.status == "error" and out.error.transient and out.jobs_expired == 1
+    refused = emu.admin.stats()["faults.503"]
+    assert refused >= 2 and out.embed.calls == refused and out.embed.unavailable == refused
+    assert out.embed.retries >= 1 and out.online_tokens == out.embed.tokens_sent > 0
+
+
 def test_failed_job_fails_the_run_when_configured(emu, endpoint, corpus_300, tmp_path):
     emu.admin.set_batch_config({"fail_next_jobs": 1})
     s = settings_for(corpus_300, tmp_path)

@@ -250,3 +250,36 @@ def test_plan_counts_without_calling_the_api(emu, corpus, tmp_path):
     counts, _ = plan_run(s)
     assert (counts.chunks_changed, counts.chunks_unchanged, counts.docs_deleted) == (1, 10, 1)
     assert emu.admin.stats().get("calls", 0) == 0
+
+
+def _seed_for(pattern: list[str | None], rates: dict[str, float]) -> int:
+    """A fault seed whose first draws give `pattern` (None = answered), found with the emulator's own injector."""
+    from indexflow.emulator.faults import FaultInjector
+
+    for seed in range(10_000):
+        injector = FaultInjector(rates, seed=seed)
+        if [injector.next_fault() for _ in pattern] == pattern:
+            return seed
+    raise AssertionError(f"no seed gives {pattern}")
+
+
+def test_a_run_stopped_by_an_outage_reports_what_it_spent(emu, corpus, tmp_path):
+    from indexflow.flows.index_corpus import summarize
+
+    s = settings(write_jsonl(corpus, make_docs(30)), tmp_path, batch_size=10, concurrency=1, max_attempts=3)
+    # one call at a time: a batch lands, one gets a 429 then lands, then the API stays down (503)
+    rates = {"429": 0.3, "503": 0.3}
+    emu.admin.set_faults(rates=rates, seed=_seed_for([None, "429", None, "503", "503", "503"], rates))
+    out = run(s, endpoint(emu))
+    assert out.error is not None and out.error.transient and out.committed_rows == 20
+    stats = emu.admin.stats()
+    assert (stats["calls"], stats["faults.429"], stats["faults.503"]) == (2, 1, 3)
+    e = out.embed
+    assert (e.calls, e.retries, e.rate_limited, e.unavailable) == (6, 3, 1, 3)
+    assert e.tokens_sent > stats["tokens.online"] > 0, "tokens of refused calls are counted as sent"
+
+    summary = summarize(s, "emulator", "online", out, 1.0)
+    assert summary.status == f"stopped: {type(out.error).__name__}"
+    assert (summary.api_calls, summary.retries, summary.rate_limited, summary.tokens) == (6, 3, 1, e.tokens_sent)
+    rows = {r["metric"]: r["value"] for r in summary.rows()}
+    assert (rows["API calls"], rows["retries"], rows["429 responses"]) == (6, 3, 1)
