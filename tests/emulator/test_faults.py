@@ -65,20 +65,34 @@ def test_hang_lasts_until_the_client_times_out(emu):
 
 
 def test_hang_does_not_block_other_calls(genai_client, emu):
+    hang_seconds = 5.0  # how long the server holds the hanging call; the other call needs milliseconds
     emu.admin.set_faults(script=[{"kind": "hang"}])
-    emu.admin.set_config(hang_seconds=1)
+    emu.admin.set_config(hang_seconds=hang_seconds)
 
-    async def run() -> tuple[int, str]:
+    async def run() -> dict:
+        facts: dict = {"hang_sent": time.monotonic()}
         hanging = asyncio.create_task(genai_client.aio.models.embed_content(model=MODEL, contents=TEXTS))
-        deadline = time.monotonic() + 5
+        hanging.add_done_callback(lambda _: facts.setdefault("hang_done", time.monotonic()))
+        deadline = time.monotonic() + 10
         while emu.emulator.concurrency.in_flight == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # the hanging call is in the server
         other = await genai_client.aio.models.embed_content(model=MODEL, contents=TEXTS[:1])
+        facts["other_done"] = time.monotonic()
+        facts["hang_still_pending"] = not hanging.done()
+        facts["other_embeddings"] = len(other.embeddings)
         with pytest.raises(errors.ServerError) as info:
             await hanging  # after hang_seconds the server gives up like Google's deadline
-        return len(other.embeddings), info.value.status
+        facts["hang_status"] = info.value.status
+        return facts
 
-    assert asyncio.run(run()) == (1, "DEADLINE_EXCEEDED")
+    facts = asyncio.run(run())
+    assert facts["other_embeddings"] == 1 and facts["hang_status"] == "DEADLINE_EXCEEDED"
+    # The other call was answered during the hang, not after it: a server frozen by the hang
+    # would answer it only once the hang ends, hang_seconds after the hanging call arrived.
+    assert facts["hang_still_pending"], "the other call finished only after the hang ended"
+    assert facts["other_done"] - facts["hang_sent"] < hang_seconds
+    assert facts["other_done"] < facts["hang_done"]
+    assert facts["hang_done"] - facts["hang_sent"] >= hang_seconds  # the hang lasted its full time
 
 
 def test_drop_closes_the_connection_mid_response(genai_client, emu):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import subprocess
@@ -220,6 +221,50 @@ def test_item_failures_dead_lettered_when_configured_even_when_all_fail(emu, end
     emu.admin.reset()  # a re-run skips the dead letters: nothing is paid for twice
     again = batch(s, endpoint)
     assert again.plan.chunks_dead_skipped == 300 and again.jobs_created == 0
+
+
+def test_an_invalid_item_is_dead_lettered_not_paid_for_again_online(emu, endpoint, tmp_path):
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    docs = [{"id": f"d{i}", "title": f"Doc {i}", "text": " ".join(words[(i + j) % 12] for j in range(40))}
+            for i in range(20)]
+    docs.append({"id": "big", "title": "Big", "text": " ".join(words[j % 12] + str(j) for j in range(200))})
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    # The server's tokenizer counts more than our estimate: the job answers the big item with
+    # code 3 INVALID_ARGUMENT, which no retry can cure (item errors are otherwise retried online).
+    emu.admin.set_config(max_input_tokens=300)
+    s = settings_for(corpus, tmp_path)
+    out = batch(s, endpoint)
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.item_failures == 1
+    assert stats.get("calls", 0) == 0 and stats.get("errors.400", 0) == 0, "nothing was sent online"
+    assert out.retried_online == 0 and out.online_tokens == 0
+    store = VectorStore.open(s.db_uri, s.table, create=False)
+    dead = store.dead_letters()
+    assert [d.chunk_id for d in dead] == ["big#0"] and out.dead_lettered == 1
+    assert dead[0].error.startswith("batch item error 3:") and "300" in dead[0].error
+    assert sorted(rows(s)) == sorted(f"d{i}#0" for i in range(20))
+
+
+def test_chunks_edited_or_removed_while_their_job_ran_are_not_written(emu, endpoint, corpus_300, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    lines = corpus_300.read_text().splitlines()
+    corpus.write_text("\n".join(lines) + "\n")
+    emu.admin.set_batch_config({"running_seconds": 1.0})
+    s = settings_for(corpus, tmp_path)
+    first = batch(s, endpoint, wait_limit_seconds=0.05)
+    assert first.status == "waiting" and first.jobs_created == 1 and first.chunks_submitted == 300
+    # While the job runs, one document is removed and another edited.
+    removed, edited = json.loads(lines[0]), json.loads(lines[1])
+    edited["text"] += " A sentence added while the job ran."
+    corpus.write_text("\n".join([json.dumps(edited), *lines[2:]]) + "\n")
+    second = batch(s, endpoint)
+    assert second.status == "completed" and second.jobs_resumed == 1 and second.jobs_created == 1
+    wanted = {c.id: c.content_hash for c in corpus_chunks(s, ProblemLog())}
+    got = {chunk_id: row[0] for chunk_id, row in rows(s).items()}
+    assert not [k for k in got if k.startswith(removed["_id"] + "#")], "a removed document was written back"
+    assert got == wanted, "the table holds exactly what the corpus says now"
+    assert second.committed_rows == len(wanted), "nothing was written that the corpus no longer wanted"
 
 
 def test_failed_job_is_resubmitted_in_halves(emu, endpoint, corpus_300, tmp_path):

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from indexflow.emulator.config import EmulatorConfig, LimitConfig
 from indexflow.emulator.embedding import embed_texts
+from indexflow.emulator.limits import QuotaExceeded, RateLimiter as ServerRateLimiter
+from indexflow.emulator.server import running_emulator
 from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
@@ -230,10 +234,14 @@ def test_each_fault_kind_ends_with_every_chunk_embedded_once(emu, kind):
     emu.admin.set_faults(script=[{"kind": kind, "count": 2}])
     collect = Collect()
     options = EmbedOptions(recipe=RECIPE, batch_size=10, concurrency=3)
-    stats = run(chunks, options, collect, client=client_for(emu, timeout=0.5), policy=fast_policy())
+    # Only a hang needs the client to give up; a call that is answered takes milliseconds, so
+    # neither timeout can expire on one however loaded the machine: every retry is a fault's.
+    timeout = 3.0 if kind == "hang" else 30.0
+    stats = run(chunks, options, collect, client=client_for(emu, timeout=timeout), policy=fast_policy())
     assert_all_embedded_once(collect, chunks)
     assert emu.admin.stats()[f"faults.{kind}"] == 2
     assert stats.retries == 2
+    assert stats.calls == stats.batches + 2
     if kind == "503":
         assert stats.unavailable == 2 and stats.concurrency_shrinks >= 1
     if kind == "429":
@@ -300,7 +308,62 @@ def test_limiter_keeps_a_small_rpm_free_of_429s(emu):
     options = EmbedOptions(recipe=RECIPE, batch_size=10, concurrency=2, limits=limits)
     stats = run(chunks, options, collect, client=client_for(emu), limiter=limiter)
     assert len(collect.vectors) == 20 and stats.rate_limited == 0
-    assert emu.admin.stats().get("errors.429", 0) == 0
+    assert emu.admin.stats().get("errors.429.rpm", 0) == 0
     # a third call of 10 texts would have to wait for the first to leave the 60-s window
     wait = limiter.delay(10, 100, limiter._clock())
     assert 55.0 < wait <= 60.0
+
+
+class ServerClock:
+    """The emulator's limiter clock: real time, plus an offset the test moves forward once."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class RecordingServerLimiter(ServerRateLimiter):
+    """The emulator's own RPM/TPM/RPD limiter, noting when it admitted or refused each call."""
+
+    def __init__(self, config: LimitConfig, clock: ServerClock) -> None:
+        super().__init__(config, clock=clock)
+        self.log: list[tuple[float, float | None]] = []  # (monotonic time, retry delay of a 429 or None)
+
+    def admit(self, texts: int, tokens: int) -> None:
+        try:
+            super().admit(texts, tokens)
+        except QuotaExceeded as refused:
+            self.log.append((time.monotonic(), refused.retry_after))
+            raise
+        self.log.append((time.monotonic(), None))
+
+
+def test_a_real_429_pauses_for_its_retry_delay_and_not_much_longer():
+    """A real per-minute quota on the emulator answers 429 + RetryInfo; the client waits that long, then succeeds.
+
+    The window is Google's 60 s; to keep the test short, the server's clock jumps 57 s after the
+    minute's quota is used, so capacity really frees about 3 s (of real time) later.
+    """
+    retry_in = 3.0
+    limits = LimitConfig(rpm=10, rpm_counts="texts", max_concurrent_calls=None)
+    with running_emulator(EmulatorConfig(limits=limits)) as emu:
+        server_clock = ServerClock()
+        server = RecordingServerLimiter(limits, server_clock)
+        emu.emulator.limits = server
+        chunks = scifact_chunks(20)
+        options = EmbedOptions(recipe=RECIPE, batch_size=10, concurrency=1)  # no client-side limits
+        run(chunks[:10], options, client=client_for(emu, timeout=30.0))  # the minute's 10 requests
+        server_clock.offset += 60.0 - retry_in
+        collect = Collect()
+        stats = run(chunks[10:], options, collect, client=client_for(emu, timeout=30.0))  # default retry policy
+
+    assert_all_embedded_once(collect, chunks[10:])
+    assert stats.rate_limited == 1 and stats.retries == 1
+    outcomes = [delay for _, delay in server.log]
+    assert outcomes[0] is None and outcomes[2] is None and len(outcomes) == 3, outcomes
+    delay = outcomes[1]
+    assert retry_in - 1.0 < delay <= retry_in, "the RetryInfo delay is the time until the window frees"
+    waited = server.log[2][0] - server.log[1][0]  # from the 429 to the retry the server admitted
+    assert delay <= waited <= delay + 2.5, f"told to wait {delay:.3f} s, the client waited {waited:.3f} s"

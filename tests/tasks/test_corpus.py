@@ -216,12 +216,67 @@ def test_each_bad_text_file_is_reported_and_the_rest_is_read(tmp_path: Path) -> 
     assert all(p.reason in REASONS for p in problems)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_a_file_without_read_permission_is_reported(tmp_path: Path) -> None:
-    path = write(tmp_path / "locked.txt", "secret")
-    path.chmod(0)
-    docs, problems = read(tmp_path)
-    assert docs == [] and [facts(p) for p in problems] == [("locked.txt", None, "unreadable")]
+READ_AS_CHILD = """
+import json, os, sys
+from pathlib import Path
+from indexflow.tasks.corpus import read_corpus
+root, uid, gid = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+list(read_corpus(root / "warm", on_problem=lambda p: None))  # lazy imports while the interpreter is reachable
+if uid >= 0:  # root: become an unprivileged user, for whom permissions hold
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+try:
+    (root / "locked.txt").read_bytes()
+    premise = "readable"
+except PermissionError:
+    premise = "unreadable"
+problems = []
+docs = [d.id for d in read_corpus(root, on_problem=problems.append)]
+print(json.dumps({"uid": os.getuid(), "premise": premise, "docs": docs,
+                  "problems": [[Path(p.source).name, p.line, p.reason, p.doc_id] for p in problems]}))
+"""
+
+
+def unprivileged_ids() -> tuple[int, int]:
+    """(uid, gid) the child drops to: `nobody` when running as root (root reads any file); (-1, -1): stay."""
+    if os.geteuid() != 0:
+        return -1, -1
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("nobody")
+        return entry.pw_uid, entry.pw_gid
+    except KeyError:
+        return 65534, 65534  # no such account: root can setuid to any uid
+
+
+def test_a_file_without_read_permission_is_reported() -> None:
+    """Read in a child process that is not root, so a file without read permission really is unreadable."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    uid, gid = unprivileged_ids()
+    # pytest's tmp_path sits under a directory only its owner may enter: use one the reader can traverse.
+    root = Path(tempfile.mkdtemp(prefix="indexflow-perm-"))
+    try:
+        root.chmod(0o755)
+        write(root / "warm" / "warm.txt", "warm-up")
+        write(root / "locked.txt", "secret").chmod(0)
+        write(root / "open.txt", "anyone may read this").chmod(0o644)
+        child = subprocess.run([sys.executable, "-c", READ_AS_CHILD, str(root), str(uid), str(gid)],
+                               capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    finally:
+        shutil.rmtree(root)
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout)
+    assert result["uid"] != 0
+    assert result["premise"] == "unreadable", "the child could read the locked file: the test would prove nothing"
+    assert result["docs"] == ["open.txt", "warm/warm.txt"]
+    assert result["problems"] == [["locked.txt", None, "unreadable", "locked.txt"]]
 
 
 def test_each_bad_jsonl_line_is_reported_with_its_line(tmp_path: Path) -> None:

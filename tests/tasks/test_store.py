@@ -269,6 +269,32 @@ def test_group_writer_deletes_stale_chunks_after_writing_and_dedups(store):
     np.testing.assert_allclose(row["vector"], unit(1, seed=4)[0])
 
 
+def test_group_writer_commits_replacements_before_it_deletes_stale_rows(tmp_path, store):
+    # A shrunk document: 4 chunks become 2. Each commit of the flush is a table version a crash
+    # could leave behind; in none of them may the stale rows be gone before the new rows are in.
+    old = [Chunk(f"doc#{k}", "doc", k, f"old {k}", "", "s", 1, f"old{k}") for k in range(4)]
+    store.upsert(rows_from(old, unit(4)))
+    start = store.table.version
+    writer = GroupWriter(store, group_rows=100, clock=FakeClock())
+    writer.delete(["doc#2", "doc#3"])
+    writer.add([Chunk(f"doc#{k}", "doc", k, f"new {k}", "", "s", 1, f"new{k}") for k in range(2)], unit(2, seed=3))
+    writer.flush()
+
+    snapshot = lancedb.connect(str(tmp_path)).open_table("idx")
+    states = []
+    for version in range(start + 1, store.table.version + 1):
+        snapshot.checkout(version)
+        data = snapshot.to_arrow()
+        states.append(dict(zip(data.column("id").to_pylist(), data.column("content_hash").to_pylist())))
+    assert len(states) >= 2, "the rows and the deletes are separate commits"
+    replaced = {"doc#0": "new0", "doc#1": "new1"}
+    for version, state in enumerate(states, start + 1):
+        if "doc#2" not in state or "doc#3" not in state:
+            assert replaced.items() <= state.items(), f"version {version} lost stale rows before their replacements: {state}"
+    assert states[0] == replaced | {"doc#2": "old2", "doc#3": "old3"}, "the first commit writes the replacements"
+    assert states[-1] == replaced
+
+
 def test_group_writer_clears_dead_letters_of_indexed_chunks(store):
     chunks = make_chunks(3)
     store.record_failures([FailedItem.from_chunk(c, "503", 8) for c in chunks])
