@@ -47,12 +47,18 @@ try:  # used instead when GOOGLE_GENAI_HTTP_CLIENT=httpx
 except ImportError:  # pragma: no cover
     _httpx = None
 
+try:  # the SDK's async transport instead whenever aiohttp is importable (LangChain and LlamaIndex pull it in)
+    import aiohttp as _aiohttp
+except ImportError:
+    _aiohttp = None
+
+# aiohttp reports its ClientTimeout as the builtin TimeoutError (asyncio.TimeoutError since 3.11).
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.TimeoutException,)
-)
+) + (TimeoutError,)
 _REQUEST_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.RequestError,)
-)
+) + ((_aiohttp.ClientConnectionError, _aiohttp.ClientPayloadError) if _aiohttp is not None else ())
 
 TITLE_TASK_TYPES = frozenset({"RETRIEVAL_DOCUMENT"})
 

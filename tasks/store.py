@@ -6,6 +6,8 @@ non-nullable and declared the table's (unenforced) primary key; and a stale hand
 `delete` miss new rows. So every table is created with the key and opened with
 `read_consistency_interval=0`. The embedding recipe lives in the Arrow schema metadata under
 `indexflow.recipe`; it survives `merge_insert`, `delete`, `optimize` and index builds.
+A `metadata` struct column repeats a chunk's id, document, ordinal, title and source, because
+LangChain's and LlamaIndex's LanceDB stores read a document's metadata from that column only.
 Indexes and queries live in `tasks.search`; grouped writes in `tasks.writer`.
 """
 
@@ -38,6 +40,7 @@ UTC_US = pa.timestamp("us", tz="UTC")
 PK_METADATA = {"lance-schema:unenforced-primary-key:position": "1"}
 
 
+ID_FIELD = pa.field("id", pa.string(), nullable=False, metadata=PK_METADATA)
 # What a chunk carries besides its key and vector: in the index table and the dead letters alike.
 CHUNK_FIELDS = [
     pa.field("doc_id", pa.string(), nullable=False),
@@ -48,15 +51,28 @@ CHUNK_FIELDS = [
     pa.field("content_hash", pa.string(), nullable=False),
 ]
 
+# The `metadata` struct: copies of these columns, what LangChain's `Document.metadata` and
+# LlamaIndex's `TextNode.metadata` become. "id" because LangChain's store returns no id otherwise.
+METADATA_COLUMN = "metadata"
+METADATA_KEYS = ("id", "doc_id", "ordinal", "title", "source")
+_BY_NAME = {f.name: f for f in (ID_FIELD, *CHUNK_FIELDS)}
+# Nullable children and struct: the exact type `add_columns(named_struct(...))` gives a migrated
+# table, so new and migrated tables share one schema and one `merge_insert` input.
+METADATA_TYPE = pa.struct([_BY_NAME[k].remove_metadata().with_nullable(True) for k in METADATA_KEYS])
+METADATA_SQL = "named_struct(" + ", ".join(f"'{k}', {k}" for k in METADATA_KEYS) + ")"
+MIGRATE_ATTEMPTS = 5
+
 
 def chunk_schema(recipe: Recipe) -> pa.Schema:
     """The index table's schema for `recipe`, the recipe JSON in its metadata."""
     return pa.schema(
         [
-            pa.field("id", pa.string(), nullable=False, metadata=PK_METADATA),
+            ID_FIELD,
             *CHUNK_FIELDS,
             pa.field("vector", pa.list_(pa.float32(), recipe.dimensions), nullable=False),
             pa.field("indexed_at", UTC_US, nullable=False),
+            # last: where `add_columns` puts it in a migrated table
+            pa.field(METADATA_COLUMN, METADATA_TYPE),
         ],
         metadata={RECIPE_KEY: recipe.to_json()},
     )
@@ -142,20 +158,17 @@ def rows_from(chunks: Sequence[Chunk], vectors: np.ndarray, *, indexed_at: datet
         )
     dim = matrix.shape[1]
     now = indexed_at or datetime.now(timezone.utc)
-    return pa.RecordBatch.from_arrays(
-        [
-            pa.array([c.id for c in chunks], pa.string()),
-            pa.array([c.doc_id for c in chunks], pa.string()),
-            pa.array([c.ordinal for c in chunks], pa.int32()),
-            pa.array([c.text for c in chunks], pa.string()),
-            pa.array([c.title for c in chunks], pa.string()),
-            pa.array([c.source for c in chunks], pa.string()),
-            pa.array([c.content_hash for c in chunks], pa.string()),
-            pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim),
-            pa.array([now] * len(chunks), UTC_US),
-        ],
-        schema=chunk_schema(Recipe(dimensions=dim)).remove_metadata(),
+    columns = {
+        field.name: pa.array([getattr(c, field.name) for c in chunks], field.type)
+        for field in (ID_FIELD, *CHUNK_FIELDS)
+    }
+    columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
+    columns["indexed_at"] = pa.array([now] * len(chunks), UTC_US)
+    columns[METADATA_COLUMN] = pa.StructArray.from_arrays(
+        [columns[k] for k in METADATA_KEYS], fields=list(METADATA_TYPE)
     )
+    schema = chunk_schema(Recipe(dimensions=dim)).remove_metadata()
+    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
 def _id_batches(ids: Iterable[str]) -> Iterator[list[str]]:
@@ -206,6 +219,32 @@ def _ensure_key(table, key: str):
     return table
 
 
+def _ensure_metadata(table):
+    """Add the `metadata` column to a table made before it, computed from the table's own columns.
+
+    One `add_columns` commit; no row is read into Python and no vector is touched, so nothing is
+    embedded again. Idempotent, and safe when another writer migrates the same table first.
+    """
+    conflicts = 0
+    while METADATA_COLUMN not in table.schema.names:  # the schema is re-read on every access
+        try:
+            table.add_columns({METADATA_COLUMN: METADATA_SQL})
+        except (ValueError, RuntimeError):
+            # Another commit came first: "already exists" (ValueError) or Lance's "retryable commit
+            # conflict" (RuntimeError). If that was another writer's migration the loop ends here.
+            conflicts += 1
+            if conflicts == MIGRATE_ATTEMPTS:
+                raise
+    found = table.schema.field(METADATA_COLUMN).type
+    if found != METADATA_TYPE:
+        raise StoreError(
+            f"table {table.name!r} has a {METADATA_COLUMN!r} column of type {found}, this version writes "
+            f"{METADATA_TYPE}; index into a new table name (--table) or pass --rebuild",
+            table=table.name, found=str(found), wanted=str(METADATA_TYPE),
+        )
+    return table
+
+
 def open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: str):
     table = open_or_none(db, name)
     if table is None:
@@ -245,7 +284,8 @@ class VectorStore:
 
         Raises RecipeMismatchError when the table holds another recipe, TableNotFoundError when it
         (or a local database) is missing and `create` is False or there is no recipe to create it
-        with; such an open writes nothing. `rebuild` drops the table and its dead letters first.
+        with; such an open writes nothing. `rebuild` drops the table and its dead letters first. A
+        writer's open (a recipe and `create`) adds the `metadata` column to a table made before it existed.
         """
         db = connect(uri, create=(create or rebuild) and recipe is not None, table=name,
                      storage_options=storage_options)
@@ -272,8 +312,9 @@ class VectorStore:
                 f"index into a new table name (--table) or pass --rebuild to re-embed everything",
                 table=name, stored=stored_text, wanted=recipe.to_json() if recipe else None,
             )
-        if recipe is not None and create:  # a read-only open never writes, not even the key
+        if recipe is not None and create:  # a read-only open never writes, not even the key or a migration
             _ensure_key(table, "id")
+            _ensure_metadata(table)
         return cls(db, name, table, stored_recipe, policy or IndexPolicy())
 
     # -- reading what is indexed -------------------------------------------------------------

@@ -162,3 +162,17 @@ def test_sanitize_hides_keys_in_urls_headers_and_bare_tokens():
 def test_unexpected_exceptions_become_terminal_embed_errors():
     error = classify(RuntimeError("boom key=AIzaXYZ"))
     assert not error.transient and "AIzaXYZ" not in str(error)
+
+
+def test_aiohttp_transport_failures_are_transient():
+    # With aiohttp importable (the interop extra pulls it in) the SDK's async calls go through it:
+    # the emulator's drop and hang faults above then arrive as these exceptions.
+    aiohttp = pytest.importorskip("aiohttp")
+    for exc, reason in [
+        (aiohttp.ClientPayloadError("Response payload is not completed"), "connection"),
+        (aiohttp.ServerDisconnectedError(), "connection"),
+        (aiohttp.ClientOSError(111, "Connection refused"), "connection"),
+        (TimeoutError(), "timeout"),
+    ]:
+        error = classify(exc)
+        assert type(error) is TransientAPIError and error.reason == reason, exc

@@ -10,6 +10,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pytest
 from pydantic import SecretStr
@@ -18,7 +19,7 @@ from indexflow.emulator.embedding import embed_texts
 from indexflow.tasks.errors import RecipeMismatchError
 from indexflow.tasks.online import plan_run, run_online
 from indexflow.tasks.settings import Endpoint, Settings
-from indexflow.tasks.store import VectorStore
+from indexflow.tasks.store import VectorStore, chunk_schema
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
          "sigma tau upsilon phi chi psi omega").split()
@@ -116,6 +117,34 @@ def test_changing_a_title_reembeds_because_the_title_is_in_the_hash(emu, corpus,
     run(s, endpoint(emu))
     assert emu.admin.stats()["texts"] == 1
     assert_exact_vectors(s, docs)
+
+
+def test_a_table_from_before_the_metadata_column_gains_it_without_a_single_call(emu, corpus, tmp_path):
+    docs = make_docs(12)
+    s = settings(write_jsonl(corpus, docs), tmp_path)
+    run(s, endpoint(emu))
+    # Rewrite the table as a version without the column left it: same rows, key and recipe.
+    db = lancedb.connect(s.db_uri)
+    data = db.open_table(s.table).to_arrow().drop_columns(["metadata"])
+    old = chunk_schema(s.recipe)
+    old = old.remove(old.get_field_index("metadata"))
+    db.drop_table(s.table)
+    db.create_table(s.table, data=data.cast(old.remove_metadata()), schema=old)
+    assert db.open_table(s.table).schema == old
+
+    emu.admin.reset()
+    out = run(s, endpoint(emu))  # the nightly run of the new version
+    assert out.error is None and out.committed_rows == 0 and out.plan.chunks_unchanged == 12
+    assert emu.admin.stats().get("calls", 0) == 0
+    got = {k: (r["metadata"]["id"], r["metadata"]["doc_id"], r["metadata"]["title"]) for k, r in rows(s).items()}
+    assert got == {f"d{i}#0": (f"d{i}#0", f"d{i}", f"Doc {i}") for i in range(12)}
+    assert_exact_vectors(s, docs)
+
+    docs["d3"]["title"] = "Doc 3, renamed"  # and later runs keep the column current
+    write_jsonl(corpus, docs)
+    run(s, endpoint(emu))
+    assert emu.admin.stats()["texts"] == 1
+    assert rows(s)["d3#0"]["metadata"]["title"] == "Doc 3, renamed"
 
 
 def test_a_deleted_document_loses_its_rows_unless_deletion_is_off(emu, corpus, tmp_path):

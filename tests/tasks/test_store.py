@@ -13,6 +13,7 @@ from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.search import IndexPolicy
 from indexflow.tasks.store import (
     DEAD_LETTER_SUFFIX,
+    METADATA_TYPE,
     RECIPE_KEY,
     FailedItem,
     VectorStore,
@@ -67,7 +68,9 @@ def test_schema_key_and_recipe_survive_upsert_delete_optimize_and_indexes(tmp_pa
     assert schema.field("vector").type == pa.list_(pa.float32(), DIM)
     assert schema.field("ordinal").type == pa.int32()
     assert schema.field("indexed_at").type == pa.timestamp("us", tz="UTC")
-    assert schema.names == ["id", "doc_id", "ordinal", "text", "title", "source", "content_hash", "vector", "indexed_at"]
+    assert schema.names == [
+        "id", "doc_id", "ordinal", "text", "title", "source", "content_hash", "vector", "indexed_at", "metadata"
+    ]
     assert reopened.count_rows() == 119
 
 
@@ -116,6 +119,121 @@ def test_query_open_adopts_recipe_and_missing_table_is_an_error(tmp_path, store)
     with pytest.raises(StoreError) as info:
         VectorStore.open(str(tmp_path), "nope", RECIPE, create=False)
     assert info.value.table == "nope"
+
+
+# -- the metadata column and its migration ----------------------------------------------------
+
+# The index table's schema before the `metadata` column (indexflow at commit 12d4b21), spelled out
+# rather than derived from the current one, so the migration is tested against what was shipped.
+OLD_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False, metadata={"lance-schema:unenforced-primary-key:position": "1"}),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("ordinal", pa.int32(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32(), DIM), nullable=False),
+        pa.field("indexed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ],
+    metadata={RECIPE_KEY: RECIPE.to_json()},
+)
+
+
+def metadata_by_id(table) -> dict[str, dict]:
+    rows = table.search().select(["id", "metadata"]).to_arrow().to_pylist()
+    return {row["id"]: row["metadata"] for row in rows}
+
+
+def expected_metadata(chunks) -> dict[str, dict]:
+    return {
+        c.id: {"id": c.id, "doc_id": c.doc_id, "ordinal": c.ordinal, "title": c.title, "source": c.source}
+        for c in chunks
+    }
+
+
+def old_table(tmp_path, chunks, vectors):
+    """A table as indexflow wrote it before the metadata column: rows, key, recipe, full-text index."""
+    rows = pa.Table.from_batches([rows_from(chunks, vectors)]).drop_columns(["metadata"])
+    lancedb.connect(str(tmp_path)).create_table("old", data=rows.cast(OLD_SCHEMA.remove_metadata()), schema=OLD_SCHEMA)
+    VectorStore.open(str(tmp_path), "old").finalize()  # the query path's open: reads, never migrates
+    table = current(tmp_path, "old")
+    assert table.schema == OLD_SCHEMA
+    return table
+
+
+def current(tmp_path, name):
+    """A fresh handle (a cached one would show an old version)."""
+    return lancedb.connect(str(tmp_path)).open_table(name)
+
+
+def test_metadata_column_repeats_the_chunk_fields_and_follows_updates(store):
+    chunks = make_chunks(5) + [Chunk("n#0", "n", 0, "no title", None, "n.md", 1, "hn")]
+    store.upsert(rows_from(chunks, unit(6)))
+    assert store.table.schema.field("metadata").type == METADATA_TYPE
+    assert metadata_by_id(store.table) == expected_metadata(chunks)
+    renamed = Chunk("d2#0", "d2", 0, "some text 2", "a new title", "moved.md", 3, "h2b")
+    store.upsert(rows_from([renamed], unit(1, seed=5)))
+    assert metadata_by_id(store.table)["d2#0"] == expected_metadata([renamed])["d2#0"]
+
+
+def test_writer_open_adds_the_metadata_column_to_an_old_table_once(tmp_path):
+    chunks, vectors = make_chunks(40), unit(40)
+    table = old_table(tmp_path, chunks, vectors)
+    before = table.version
+
+    VectorStore.open(str(tmp_path), "old", RECIPE, create=False)  # `plan`: leaves it alone too
+    assert "metadata" not in current(tmp_path, "old").schema.names
+    assert current(tmp_path, "old").version == before
+
+    store = VectorStore.open(str(tmp_path), "old", RECIPE)
+    assert store.table.version == before + 1  # one commit
+    fresh = VectorStore.open(str(tmp_path / "new"), "new", RECIPE).table.schema
+    assert store.table.schema == fresh  # names, types, key, recipe: as if created today
+    assert metadata_by_id(store.table) == expected_metadata(chunks)
+    got = store.table.search().select(["id", "vector"]).to_arrow().to_pylist()
+    np.testing.assert_array_equal(
+        np.array([r["vector"] for r in sorted(got, key=lambda r: int(r["id"][1:-2]))]), vectors
+    )
+    assert "text" in {i.columns[0] for i in store.table.list_indices()}  # the FTS index survives
+
+    again = VectorStore.open(str(tmp_path), "old", RECIPE)
+    assert again.table.version == before + 1  # idempotent: no second commit
+
+    changed = Chunk("d7#0", "d7", 0, "edited", "retitled", "src.jsonl", 2, "h7b")
+    assert again.upsert(rows_from([changed] + make_chunks(1, start=40), unit(2, seed=3))) == 2
+    assert metadata_by_id(again.table)["d7#0"]["title"] == "retitled"
+    assert metadata_by_id(again.table)["d40#0"] == expected_metadata(make_chunks(1, start=40))["d40#0"]
+    assert again.count_rows() == 41
+
+
+def test_writers_opening_an_old_table_at_once_migrate_it_once(tmp_path):
+    old_table(tmp_path, make_chunks(10), unit(10))
+    errors, stores = [], []
+
+    def open_writer():
+        try:
+            stores.append(VectorStore.open(str(tmp_path), "old", RECIPE))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    schema = current(tmp_path, "old").schema
+    assert schema.names.count("metadata") == 1 and schema.field("metadata").type == METADATA_TYPE
+
+
+def test_a_metadata_column_of_another_shape_is_refused(tmp_path):
+    schema = OLD_SCHEMA.append(pa.field("metadata", pa.struct([pa.field("page", pa.int32())])))
+    lancedb.connect(str(tmp_path)).create_table("odd", schema=schema)
+    with pytest.raises(StoreError) as info:
+        VectorStore.open(str(tmp_path), "odd", RECIPE)
+    assert (info.value.table, info.value.wanted) == ("odd", str(METADATA_TYPE))
 
 
 # -- upserts -----------------------------------------------------------------------------------
