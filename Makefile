@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORPUS ?= data/corpus
-TABLE  ?= sample
+TABLE  ?= corpus
 DB     ?= .indexflow/lancedb
 Q      ?= how do I parse command line arguments
 K      ?= 5
@@ -18,8 +18,8 @@ help:
 	@echo "make test             the test suite (real emulator, LanceDB and Prefect server)"
 	@echo "make bench            benchmarks that print figures"
 	@echo "make emulator         run the Gemini API emulator on 127.0.0.1:8765"
-	@echo "make server           a local Prefect server on 127.0.0.1:4200"
-	@echo "make pool deploy      the work pool and the deployments from prefect.yaml"
+	@echo "make server           a local Prefect server and UI on 127.0.0.1:4200 (PREFECT_PORT=N for another)"
+	@echo "make pool deploy      the work pool and the deployments from prefect.yaml (configured Prefect API, else local)"
 	@echo "make worker           a process worker (run it in the repo root)"
 	@echo "make run-deployment   index now through the on-demand deployment"
 
@@ -54,15 +54,25 @@ clean:
 
 # --- Run as a service (see README "Run as a service") ---------------------------------------
 PREFECT_PORT ?= 4200
-API          ?= http://127.0.0.1:$(PREFECT_PORT)/api
 POOL         ?= indexflow-process
 DEPLOYMENT   ?= on-demand
-PREFECT      := $(if $(API),PREFECT_API_URL=$(API)) $(BIN)/prefect
+LOCAL_API     = http://127.0.0.1:$(PREFECT_PORT)/api
+# The API Prefect is configured with: an exported PREFECT_API_URL (it wins over the profile),
+# else the active profile's (`prefect config set`, `prefect cloud login`); empty when none.
+# Prefect is asked only without the variable, once, on first use.
+CONFIGURED_API = $(or $(PREFECT_API_URL),$(eval CONFIGURED_API := $(shell $(BIN)/python -c \
+  'from prefect.settings import get_current_settings as s; print(s().api.url or "")' 2>/dev/null))$(CONFIGURED_API))
+# Where pool/deploy/worker/run-deployment go: `make X PREFECT_PORT=N` means the local server on N;
+# otherwise the configured API, and the local server only when nothing is configured.
+SERVICE_API  = $(if $(filter command line,$(origin PREFECT_PORT)),$(LOCAL_API),$(or $(CONFIGURED_API),$(LOCAL_API)))
+PREFECT      = PREFECT_API_URL=$(SERVICE_API) $(BIN)/prefect
 
 .PHONY: server pool deploy worker run-deployment
 
+# The UI asks /ui-settings where the API is; Prefect answers PREFECT_API_URL or host:4200, not
+# --port, so the UI is told this server's own address. --no-prompt: no offer to edit the profile.
 server: $(STAMP)
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_SERVER_UI_API_URL=$(LOCAL_API) $(BIN)/prefect --no-prompt server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 pool: $(STAMP)
 	$(PREFECT) work-pool create $(POOL) --type process --overwrite

@@ -21,7 +21,7 @@ class LimitConfig(BaseModel):
     max_concurrent_calls: int | None = 64
 
 
-# Numbers from ../shared/reference/gemini-api.md (gemini-embedding-001, per project and model).
+# Numbers from https://ai.google.dev/gemini-api/docs/rate-limits (gemini-embedding-001, per project and model).
 TIER_PRESETS: dict[str, LimitConfig] = {
     "free": LimitConfig(rpm=100, tpm=30_000, rpd=1_000, rpm_counts="texts"),
     "tier1": LimitConfig(rpm=3_000, tpm=1_000_000, rpm_counts="texts"),

@@ -10,12 +10,13 @@ import asyncio
 import os
 import time
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
-from pydantic import ValidationError
+from prefect.states import Completed, State
+from pydantic import BeforeValidator, ValidationError, WithJsonSchema
 
 from indexflow.tasks.batch_jobs import BatchOutcome, run_batch
 from indexflow.tasks.batch_admin import cancel_live_jobs
@@ -27,10 +28,29 @@ from indexflow.tasks.online import OnlineOutcome, open_store, plan_run, run_onli
 from indexflow.tasks.plan import forecast
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.report import Progress, RunSummary, publish_summary
-from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE, Endpoint, Settings, Tier
 from indexflow.tasks.writer_lock import table_writer
 
 SECRET_BLOCK = "gemini-api-key"
+# The final state's name when a run completed but skipped input or dead-lettered chunks.
+COMPLETED_WITH_PROBLEMS = "Completed with problems"
+
+
+def _number_as_text(value: Any) -> Any:
+    """A JSON integer as its digits: `prefect deployment run --param tier=1` sends 1, not "1"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+_TIER_NAMES = list(get_args(Tier))
+# The schema (which the server enforces and the UI renders) admits the bare numbers of the
+# numbered tiers; the validator hands the flow the tier's name either way.
+TierParam = Annotated[Tier, BeforeValidator(_number_as_text), WithJsonSchema({"anyOf": [
+    {"type": "string", "enum": _TIER_NAMES},
+    {"type": "integer", "enum": [int(t) for t in _TIER_NAMES if t.isdigit()]},
+]})]
+# Free text (names, paths) that `--param table=2024` would otherwise send as a number.
+TextParam = Annotated[str, BeforeValidator(_number_as_text),
+                      WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]})]
 
 
 def build_settings(**params: Any) -> Settings:
@@ -140,11 +160,11 @@ async def _cancel_batch_jobs(flow, flow_run, state) -> None:
 @flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False,
       on_cancellation=[_cancel_batch_jobs])
 async def index_corpus(
-    corpus: str = "data/corpus",
-    table: str = "corpus",
-    db_uri: str = ".indexflow/lancedb",
+    corpus: TextParam = "data/corpus",
+    table: TextParam = DEFAULT_TABLE,
+    db_uri: TextParam = DEFAULT_DB_URI,
     mode: Literal["online", "batch", "auto"] = "online",
-    tier: Literal["free", "1", "2", "3", "unlimited"] | None = None,
+    tier: TierParam | None = None,
     dimensions: int = 768,
     batch_size: int = 100,
     concurrency: int = 8,
@@ -152,9 +172,9 @@ async def index_corpus(
     tpm: int | None = None,
     rpd: int | None = None,
     corpus_format: Literal["auto", "dir", "jsonl", "parquet", "csv"] = "auto",
-    id_field: str | None = None,
-    title_field: str = "title",
-    text_field: str = "text",
+    id_field: TextParam | None = None,
+    title_field: TextParam = "title",
+    text_field: TextParam = "text",
     max_chunk_tokens: int = 1024,
     delete_missing: bool = True,
     rebuild: bool = False,
@@ -162,8 +182,11 @@ async def index_corpus(
     options: dict[str, Any] | None = None,
     base_url: str | None = None,
     writer_wait_seconds: float | None = None,
-) -> dict:
-    """Index `corpus` into LanceDB table `table` at `db_uri`; returns the run summary as a dict.
+) -> State[dict]:
+    """Index `corpus` into LanceDB table `table` at `db_uri`; calling it returns the run summary as a dict.
+
+    The run ends Completed, or "Completed with problems" (still of type COMPLETED) when it
+    skipped unreadable input or dead-lettered chunks; the state's message says how many.
 
     `options` sets any other Settings field by name (e.g. `{"batch_wait_limit_seconds": 600}`).
     One run writes a table at a time: another run on the same table waits for it (at most
@@ -220,7 +243,15 @@ async def index_corpus(
     if outcome.error is not None:
         logger.error("%s", outcome.error)
         raise outcome.error
-    return summary.as_dict()
+    return final_state(summary)
+
+
+def final_state(summary: RunSummary) -> State[dict]:
+    """Completed with the summary as its result; named "Completed with problems" when anything was left out."""
+    problems = summary.problem_note()
+    if problems is None:
+        return Completed(data=summary.as_dict())
+    return Completed(data=summary.as_dict(), name=COMPLETED_WITH_PROBLEMS, message=problems)
 
 
 def summarize(settings: Settings, label: str, route: str, outcome: OnlineOutcome | BatchOutcome,

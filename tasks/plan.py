@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.settings import Limits
 
-# gemini-embedding-001, USD per million input tokens (../shared/reference/gemini-api.md).
+# gemini-embedding-001, USD per million input tokens (https://ai.google.dev/gemini-api/docs/pricing).
 PRICE_PER_MILLION_TOKENS = {"online": 0.15, "batch": 0.075}
 
 

@@ -122,6 +122,17 @@ class RunSummary:
             ]
         return [{"metric": k, "value": v} for k, v in pairs]
 
+    def problem_note(self) -> str | None:
+        """One line on what a completed run left out (skipped input, dead-lettered chunks); None if nothing."""
+        parts = []
+        if self.docs_failed:
+            parts.append(f"skipped {self.docs_failed} unreadable or invalid corpus item(s)")
+        if self.dead_lettered:
+            parts.append(f"dead-lettered {self.dead_lettered} chunk(s) into {self.table}__dead_letters")
+        if not parts:
+            return None
+        return f"{'; '.join(parts)}; what and why: artifact {artifact_key('failures', self.table)}"
+
     def failure_markdown(self) -> str | None:
         """A short note for people: what failed, how many, what to do; None when nothing failed."""
         if not (self.docs_failed or self.dead_lettered or self.status.startswith("stopped")):

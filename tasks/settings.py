@@ -28,7 +28,7 @@ class Limits(BaseModel):
     count: Literal["texts", "calls"] = "texts"
 
 
-# gemini-embedding-001 per project and model, from ../shared/reference/gemini-api.md.
+# gemini-embedding-001 per project and model, from https://ai.google.dev/gemini-api/docs/rate-limits.
 # Tier 3 is not published for embeddings; it is set at twice tier 2 and is meant to be overridden.
 TIERS: dict[str, Limits] = {
     "free": Limits(rpm=100, tpm=30_000, rpd=1_000, count="texts"),

@@ -1,6 +1,6 @@
 """The one LanceDB module: schema, open with fresh reads, upserts, deletes, dead letters.
 
-Safe writes rest on two facts measured for lancedb 0.40 (see ../shared/reference/lancedb.md):
+Safe writes rest on two facts measured for lancedb 0.40:
 concurrent or stale `merge_insert` of the same new keys inserts duplicates unless `id` is
 non-nullable and declared the table's (unenforced) primary key; and a stale handle makes
 `delete` miss new rows. So every table is created with the key and opened with
