@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger, task
@@ -82,6 +82,16 @@ async def plan_task(settings: Settings) -> tuple:
     return await asyncio.to_thread(plan_run, settings)
 
 
+def _raise_if_retryable(outcome: OnlineOutcome | BatchOutcome) -> OnlineOutcome | BatchOutcome:
+    """Raise a transient stage failure for a Prefect retry, carrying what the stage did (its calls, rows)."""
+    error = outcome.error
+    if error is None or not getattr(error, "transient", True):
+        return outcome
+    if isinstance(error, IndexflowError):
+        raise error.add_facts(outcome=replace(outcome, error=None))
+    raise error
+
+
 @task(name="embed-online", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=_retry_transient)
 async def embed_online_task(settings: Settings, endpoint: Endpoint, total: int) -> OnlineOutcome:
@@ -89,9 +99,7 @@ async def embed_online_task(settings: Settings, endpoint: Endpoint, total: int) 
     with Progress(settings.table, prefect=True) as progress:
         outcome = await run_online(settings, endpoint, on_progress=progress, total=total)
         await progress.aclose(outcome.embed.embedded, total)
-    if outcome.error is not None and getattr(outcome.error, "transient", True):
-        raise outcome.error
-    return outcome
+    return _raise_if_retryable(outcome)
 
 
 @task(name="embed-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60],
@@ -101,9 +109,7 @@ async def embed_batch_task(settings: Settings, endpoint: Endpoint, total: int, r
     with Progress(settings.table, prefect=True) as progress:
         outcome = await run_batch(settings, endpoint, on_progress=progress, total=total, run_id=run_id)
         await progress.aclose(outcome.committed_rows, total)
-    if outcome.error is not None and getattr(outcome.error, "transient", True):
-        raise outcome.error
-    return outcome
+    return _raise_if_retryable(outcome)
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
@@ -233,7 +239,9 @@ async def index_corpus(
                 else:
                     outcome = await embed_online_task(settings, endpoint, counts.chunks_to_embed)
             except IndexflowError as exc:  # Prefect's retries are spent too: report, then fail the run
-                outcome = OnlineOutcome(counts, ProblemLog(), EmbedStats(), error=exc)
+                # The last attempt's own counters (calls, retries, rows kept) travel on the error.
+                done = getattr(exc, "outcome", None) or OnlineOutcome(counts, ProblemLog(), EmbedStats())
+                outcome = replace(done, error=exc)
             if outcome.error is None:
                 await finalize_task(settings)
     summary = summarize(settings, label, route, outcome, time.monotonic() - started)

@@ -35,6 +35,13 @@ class IndexflowError(Exception):
         for name, value in facts.items():
             setattr(self, name, value)
 
+    def add_facts(self, **facts: object) -> "IndexflowError":
+        """Attach more facts (e.g. what a failed stage did before it failed); returns self to raise."""
+        self.facts.update(facts)
+        for name, value in facts.items():
+            setattr(self, name, value)
+        return self
+
     def __reduce__(self):
         return (_rebuild, (type(self), self.message, self.facts))
 

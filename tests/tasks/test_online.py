@@ -346,3 +346,15 @@ def test_a_run_stopped_by_an_outage_reports_what_it_spent(emu, corpus, tmp_path)
     assert (summary.api_calls, summary.retries, summary.rate_limited, summary.tokens) == (6, 3, 1, e.tokens_sent)
     rows = {r["metric"]: r["value"] for r in summary.rows()}
     assert (rows["API calls"], rows["retries"], rows["429 responses"]) == (6, 3, 1)
+
+    # The flow raises a transient stop for a Prefect retry; what the stage did travels on the error,
+    # through pickle (Prefect moves failed states between processes), to the run's summary.
+    import pickle
+
+    from indexflow.flows.index_corpus import _raise_if_retryable
+
+    with pytest.raises(type(out.error)) as raised:
+        _raise_if_retryable(out)
+    carried = pickle.loads(pickle.dumps(raised.value)).outcome
+    assert (carried.embed.calls, carried.embed.retries, carried.committed_rows) == (6, 3, 20)
+    assert carried.error is None
