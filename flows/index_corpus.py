@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, get_args
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
+from prefect.logging.loggers import flow_run_logger
 from prefect.states import Completed, State
 from pydantic import BeforeValidator, ValidationError, WithJsonSchema
 
@@ -160,7 +161,9 @@ async def _cancel_batch_jobs(flow, flow_run, state) -> None:
     with resolve_endpoint(_api_key_from_environment(), base_url) as (endpoint, label):
         settings = settings_from_params(params, emulator=label.startswith("emulator"))
         cancelled = await cancel_live_jobs(settings, endpoint)
-    get_run_logger().warning("Flow run cancelled: cancelled %d live batch job(s): %s", len(cancelled), cancelled)
+    # Not get_run_logger(): a worker runs this hook outside any run context, where it raises.
+    flow_run_logger(flow_run, flow).warning("Flow run cancelled: cancelled %d live batch job(s): %s",
+                                            len(cancelled), cancelled)
 
 
 @flow(name="index-corpus", flow_run_name="index-{table}-{mode}", log_prints=False,

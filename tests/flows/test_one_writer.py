@@ -6,6 +6,7 @@ import asyncio
 import pickle
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -175,5 +176,39 @@ def test_two_overlapping_deployment_runs_embed_each_chunk_once(worker, semu, tmp
     assert len(ids) == n and len(set(ids)) == n
     stats = semu.admin.stats()
     assert stats.get("texts", 0) == n  # one run's worth of embeddings, not two
-    embedded = sorted(asyncio.run(summary_rows(r.id, "overlap"))["chunks embedded"] for r in runs)
-    assert embedded == [0, n]
+    embedded = {r.id: asyncio.run(summary_rows(r.id, "overlap"))["chunks embedded"] for r in runs}
+    assert sorted(embedded.values()) == [0, n]
+
+    # The runs overlapped: one found the table locked by the other and waited (its log says so), and
+    # it was running before the other finished. Without the overlap the test above proves nothing.
+    waited = asyncio.run(_wait_for_waiting_log([r.id for r in runs]))
+    (waiter,) = [r for r in runs if r.id == waited]
+    (holder,) = [r for r in runs if r.id != waited]
+    assert embedded[waiter.id] == 0 and embedded[holder.id] == n, "the run that waited embedded nothing"
+    assert waiter.start_time < holder.end_time, "the waiting run started before the holder finished"
+    assert waiter.end_time > holder.end_time
+
+
+async def _wait_for_waiting_log(flow_run_ids, timeout: float = 60):
+    """The id of the run whose logs say it waited for the table's lock; fails if none or both do."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    needle = "table 'overlap' is being written by another run ("
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            waiting, finished = set(), set()
+            for run_id in flow_run_ids:
+                logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+                messages = [log.message for log in logs]
+                if any(needle in m and "waiting for lock" in m for m in messages):
+                    waiting.add(run_id)
+                if any(log.task_run_id is None and log.message.startswith("Finished in state") for log in logs):
+                    finished.add(run_id)  # the flow's own last line: every earlier one is on the server
+            if len(finished) == len(flow_run_ids):
+                assert len(waiting) == 1, f"expected exactly one run to wait for the lock, got {len(waiting)}"
+                return waiting.pop()
+            if time.monotonic() > deadline:
+                pytest.fail(f"the runs' logs did not reach the server within {timeout:.0f}s")
+            await asyncio.sleep(0.3)
