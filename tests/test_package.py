@@ -18,7 +18,7 @@ PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 INDEXFLOW = Path(sys.executable).with_name("indexflow")
 MODULE_TO_DIST = {"google": "google-genai", "yaml": "pyyaml"}
 # Imported inside try/except ImportError: used when present, never required.
-OPTIONAL_IMPORTS = {"httpx2"}
+OPTIONAL_IMPORTS = {"httpx2", "aiohttp"}
 
 
 def test_the_wheel_installs_only_indexflow_and_every_module(tmp_path):

@@ -139,9 +139,10 @@ def test_cli_tier_and_overrides_reach_the_plan_forecast(capsys, tmp_path, monkey
 
 def test_the_flow_default_tier_is_free_with_a_key_and_unlimited_with_the_emulator(tmp_path, monkeypatch):
     corpus = str(write_corpus(tmp_path / "c.jsonl", 1))
-    assert settings_from_params({"corpus": corpus}, emulator=False).tier == "free"
-    assert settings_from_params({"corpus": corpus}, emulator=True).tier == "unlimited"
-    assert settings_from_params({"corpus": corpus, "tier": "2"}, emulator=True).tier == "2"
+    assert settings_from_params({"corpus": corpus}, emulator=False).quota.preset == "free"
+    assert settings_from_params({"corpus": corpus}, emulator=False).limits == TIERS["free"]
+    assert settings_from_params({"corpus": corpus}, emulator=True).quota.preset == "unlimited"
+    assert settings_from_params({"corpus": corpus, "tier": "2"}, emulator=True).quota.preset == "2"
     assert settings_from_params({"corpus": corpus, "tier": None, "rpm": 9}, emulator=False).limits.rpm == 9
     # the flow passes emulator=label.startswith("emulator"): the labels resolve_endpoint gives
     with resolve_endpoint(None) as (endpoint, label):

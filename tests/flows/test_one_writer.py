@@ -160,11 +160,17 @@ def test_two_overlapping_deployment_runs_embed_each_chunk_once(worker, semu, tmp
     n = 40
     corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", n)
     db = tmp_path / "db"
-    # both runs created at once and slow calls one at a time (10 x 0.3 s), so an unguarded second
-    # run would plan before the first commits and embed everything again
-    semu.admin.set_config(latency_base_ms=300)
-    params = dict(corpus=str(corpus), table="overlap", db_uri=str(db), batch_size=4, concurrency=1)
-    first, second = run_deployments_cli("on-demand", params, params)
+    # The test holds the table's lock until both runs are alive and waiting for it, so they surely
+    # overlap however slowly the worker starts them; then one writes while the other still waits.
+    holder = _hold_lock(str(db), "overlap")
+    try:
+        semu.admin.set_config(latency_base_ms=100)
+        params = dict(corpus=str(corpus), table="overlap", db_uri=str(db), batch_size=4, concurrency=1)
+        first, second = run_deployments_cli("on-demand", params, params)
+        asyncio.run(_wait_for_waiting_logs([first, second]))
+    finally:
+        holder.kill()
+        holder.wait()
 
     async def both():
         return await asyncio.gather(wait_final(first), wait_final(second))
@@ -178,19 +184,29 @@ def test_two_overlapping_deployment_runs_embed_each_chunk_once(worker, semu, tmp
     assert stats.get("texts", 0) == n  # one run's worth of embeddings, not two
     embedded = {r.id: asyncio.run(summary_rows(r.id, "overlap"))["chunks embedded"] for r in runs}
     assert sorted(embedded.values()) == [0, n]
-
-    # The runs overlapped: one found the table locked by the other and waited (its log says so), and
-    # it was running before the other finished. Without the overlap the test above proves nothing.
-    waited = asyncio.run(_wait_for_waiting_log([r.id for r in runs]))
-    (waiter,) = [r for r in runs if r.id == waited]
-    (holder,) = [r for r in runs if r.id != waited]
-    assert embedded[waiter.id] == 0 and embedded[holder.id] == n, "the run that waited embedded nothing"
-    assert waiter.start_time < holder.end_time, "the waiting run started before the holder finished"
-    assert waiter.end_time > holder.end_time
+    (writer,) = [r for r in runs if embedded[r.id] == n]
+    (follower,) = [r for r in runs if embedded[r.id] == 0]
+    assert follower.end_time > writer.end_time, "the run that embedded nothing waited for the one that wrote"
 
 
-async def _wait_for_waiting_log(flow_run_ids, timeout: float = 60):
-    """The id of the run whose logs say it waited for the table's lock; fails if none or both do."""
+def _hold_lock(db_uri: str, table: str) -> subprocess.Popen:
+    """Another process holding the table's writer lock until killed."""
+    script = (
+        "import asyncio\n"
+        "from indexflow.tasks.writer_lock import table_writer\n"
+        "async def main():\n"
+        f"    async with table_writer({db_uri!r}, {table!r}):\n"
+        "        print('held', flush=True)\n"
+        "        await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+async def _wait_for_waiting_logs(flow_run_ids, timeout: float = 120):
+    """Return once every run's logs say it is waiting for the table's lock."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -198,17 +214,14 @@ async def _wait_for_waiting_log(flow_run_ids, timeout: float = 60):
     deadline = time.monotonic() + timeout
     async with get_client() as client:
         while True:
-            waiting, finished = set(), set()
+            waiting = set()
             for run_id in flow_run_ids:
                 logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
-                messages = [log.message for log in logs]
-                if any(needle in m and "waiting for lock" in m for m in messages):
+                if any(needle in log.message and "waiting for lock" in log.message for log in logs):
                     waiting.add(run_id)
-                if any(log.task_run_id is None and log.message.startswith("Finished in state") for log in logs):
-                    finished.add(run_id)  # the flow's own last line: every earlier one is on the server
-            if len(finished) == len(flow_run_ids):
-                assert len(waiting) == 1, f"expected exactly one run to wait for the lock, got {len(waiting)}"
-                return waiting.pop()
+            if len(waiting) == len(flow_run_ids):
+                return
             if time.monotonic() > deadline:
-                pytest.fail(f"the runs' logs did not reach the server within {timeout:.0f}s")
+                pytest.fail(f"only {len(waiting)} of {len(flow_run_ids)} runs logged that they wait for the lock "
+                            f"within {timeout:.0f}s")
             await asyncio.sleep(0.3)
