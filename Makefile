@@ -41,7 +41,7 @@ plan: $(STAMP)
 	$(BIN)/indexflow plan $(CORPUS) --db $(DB) --table $(TABLE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
