@@ -52,6 +52,7 @@ MVENV  := .venv-mutation
 MSTAMP := $(MVENV)/.installed
 MODULES ?=
 BUDGET  ?=
+ARGS    ?=
 
 $(MSTAMP): pyproject.toml constraints.txt
 	@test -x $(MVENV)/bin/python || $(PYTHON) -m venv $(MVENV)
@@ -59,7 +60,7 @@ $(MSTAMP): pyproject.toml constraints.txt
 	@touch $(MSTAMP)
 
 mutation: $(STAMP) $(MSTAMP)
-	nice -n 19 $(MVENV)/bin/python tools/mutation.py $(if $(BUDGET),--budget $(BUDGET)) $(MODULES)
+	nice -n 19 $(MVENV)/bin/python tools/mutation.py $(if $(BUDGET),--budget $(BUDGET)) $(ARGS) $(MODULES)
 
 emulator: $(STAMP)
 	$(BIN)/indexflow emulator --host 127.0.0.1 --port 8765

@@ -1,8 +1,10 @@
 """`make mutation`: mutation testing of the modules that carry indexflow's guarantees, with cosmic-ray.
 
-    make mutation                                          # every target in TARGETS, within BUDGET
+    make mutation                                          # every target in TARGETS, within the budget
     make mutation MODULES="tasks/plan.py tasks/store.py"   # some of them
+    make mutation ARGS=--resume                            # what the last run's budget left unjudged
     make mutation BUDGET=0                                 # no time limit: every mutant
+    make mutation ARGS=--report                            # run nothing; report the last run again
     .venv-mutation/bin/python tools/mutation.py --count    # mutants per target; nothing is run
 
 How a run goes:
@@ -24,7 +26,9 @@ How a run goes:
      that duration + TIMEOUT_FLOOR is killed, and the mutant counts as killed by timeout. A mutant
      whose statement no test executes survives unrun; one in code that runs at import time
      (constants, defaults, decorators, dataclass fields) may matter to any test of the target.
-  4. The score per target and every survivor are printed and written to .mutation/report.md.
+  4. The score per target (killed / (run - equivalent)) and every survivor are printed and written
+     to .mutation/report.md; survivors listed in tools/mutation_equivalents.toml are reported as
+     equivalent, with the reason, the others as to kill.
 
 One mutant at a time: a mutant on disk is seen by every process, so two at once would judge each
 other. cosmic-ray runs in its own venv (.venv-mutation) because its dependency aiohttp, installed
@@ -37,14 +41,18 @@ import argparse
 import ast
 import contextlib
 import difflib
+import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +78,7 @@ MAP_TIMEOUT = 1800.0  # the coverage run of every mapped test file
 DEFAULT_BUDGET_MINUTES = 50.0  # the whole run, coverage map included
 SEED = 20261201
 NO_TEST = "no test executes it"
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.toml"  # survivors that no test can kill, and why
 
 
 @dataclass(frozen=True)
@@ -294,14 +303,19 @@ class TestMap:
                                coverage_of=[ROOT / t.path for t in targets], map_out=out)
         if answer["timeout"] or not out.exists():
             raise SystemExit(f"mutation: the coverage run did not finish; see {OUT / 'testmap.log'}")
-        data = json.loads(out.read_text())
-        failing = set(data["failed"])
-        print(f"  done in {time.monotonic() - started:.0f} s"
-              + (f"; these fail without mutants and judge none: {sorted(failing)}" if failing else ""), flush=True)
-        lines = {f: {int(n): set(ids) for n, ids in by_line.items()} for f, by_line in data["lines"].items()}
-        return cls(lines, data["durations"], failing)
+        test_map = cls.load(out)
+        print(f"  done in {time.monotonic() - started:.0f} s" + (
+            f"; these fail without mutants and judge none: {sorted(test_map.failing)}" if test_map.failing else ""),
+            flush=True)
+        return test_map
 
-    def select(self, target: Target, statement: tuple[int, int]) -> Selection | None:
+    @classmethod
+    def load(cls, path: Path) -> TestMap:
+        data = json.loads(path.read_text())
+        lines = {f: {int(n): set(ids) for n, ids in by_line.items()} for f, by_line in data["lines"].items()}
+        return cls(lines, data["durations"], set(data["failed"]))
+
+    def select(self, target: Target, statement: tuple[int, int], cap: float = TEST_CAP) -> Selection | None:
         """The target's tests that execute the statement, fastest first, within TEST_CAP; None if none does.
 
         Code run at import time (module constants, decorators, default values, dataclass fields) may
@@ -319,7 +333,7 @@ class TestMap:
         seconds = 0.0
         for test in covering:
             duration = self.durations.get(test, 0.0)
-            if chosen and seconds + duration > TEST_CAP:
+            if chosen and seconds + duration > cap:
                 break
             chosen.append(test)
             seconds += duration
@@ -388,10 +402,10 @@ def test_mutant(runner: Runner, spec: MutationSpec, selection: Selection) -> Wor
             answer = runner.pytest(["-x", *selection.tests], timeout=timeout, log=OUT / "last-mutant.log")
     finally:
         forget_bytecode(spec.module_path)
-    capped = f"; {selection.capped} slower covering tests not run" if selection.capped else ""
+    capped = f"; {selection.capped} {CAPPED}" if selection.capped else ""
     if answer["timeout"]:
         return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.KILLED,
-                          output="timeout", diff=diff_of(original, mutated))
+                          output=f"timeout in {answer['seconds']:.1f} s", diff=diff_of(original, mutated))
     outcome = TestOutcome.SURVIVED if answer["exit"] == 0 else TestOutcome.KILLED
     return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=outcome, diff=diff_of(original, mutated),
                       output=f"{len(selection.tests)} tests, exit {answer['exit']} in {answer['seconds']:.1f} s{capped}")
@@ -408,11 +422,21 @@ def untested(spec: MutationSpec) -> WorkResult:
                       diff=diff_of(original, mutated))
 
 
+def is_timeout(result: WorkResult) -> bool:
+    return (result.output or "").startswith("timeout")
+
+
+def seconds_of(result: WorkResult) -> float:
+    """The test run's duration, from the result's note ("... in 1.2 s"; an older bare "timeout": the floor)."""
+    found = re.search(r" in ([0-9.]+) s", result.output or "")
+    return float(found.group(1)) if found else TIMEOUT_FLOOR if is_timeout(result) else 0.0
+
+
 def verdict(result: WorkResult) -> str:
     if result.worker_outcome != WorkerOutcome.NORMAL:
         return result.worker_outcome.value
     if result.test_outcome == TestOutcome.KILLED:
-        return "killed (timeout)" if result.output == "timeout" else "killed"
+        return "killed (timeout)" if is_timeout(result) else "killed"
     return f"SURVIVED ({result.output})"
 
 
@@ -435,33 +459,43 @@ class Score:
 
     def tally(self, db: WorkDB) -> None:
         for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                self.skipped[result.output or "?"] += 1
             if result.worker_outcome != WorkerOutcome.NORMAL:
                 continue
             self.run += 1
+            self.seconds += seconds_of(result)
             if result.test_outcome == TestOutcome.KILLED:
                 self.killed += 1
-                self.timeouts += result.output == "timeout"
+                self.timeouts += is_timeout(result)
             else:
                 self.survivors.append((item.mutations[0], result))
         self.survivors.sort(key=lambda s: (tuple(s[0].start_pos), s[0].operator_name))
 
 
+CAPPED = "slower covering tests not run"
+
+
 def run_all(targets: Sequence[Target], dbs: dict[Target, WorkDB], runner: Runner, test_map: TestMap,
-            deadline: float | None) -> dict[Target, float]:
-    """Judge every pending mutant, in a seeded random order across targets, until the deadline."""
-    work: list[tuple[Target, WorkItem]] = [(t, w) for t in targets
-                                           for w in sorted(dbs[t].pending_work_items, key=lambda w: w.job_id)]
+            deadline: float | None, *, recheck: bool = False) -> None:
+    """Judge every pending mutant, in a seeded random order across targets, until the deadline.
+    With `recheck`, judge again instead the survivors whose slower covering tests were not run, with all of them."""
+    if recheck:
+        work = [(t, w) for t in targets for w, r in sorted(dbs[t].completed_work_items, key=lambda i: i[0].job_id)
+                if r.test_outcome == TestOutcome.SURVIVED and CAPPED in (r.output or "")]
+    else:
+        work = [(t, w) for t in targets for w in sorted(dbs[t].pending_work_items, key=lambda w: w.job_id)]
     random.Random(SEED).shuffle(work)
     statements = {t: statement_lines(ast.parse((ROOT / t.path).read_text())) for t in targets}
     plans = []
     for target, item in work:
         line = item.mutations[0].start_pos[0]
-        selection = test_map.select(target, statements[target].get(line, (line, line)))
+        selection = test_map.select(target, statements[target].get(line, (line, line)),
+                                    cap=float("inf") if recheck else TEST_CAP)
         if selection is None:  # costs nothing: recorded whatever the budget
             dbs[target].set_result(item.job_id, untested(item.mutations[0]))
         else:
             plans.append((target, item, selection))
-    seconds: Counter[Target] = Counter()
     started = time.monotonic()
     with backups(targets):
         for n, (target, item, selection) in enumerate(plans, 1):
@@ -469,13 +503,10 @@ def run_all(targets: Sequence[Target], dbs: dict[Target, WorkDB], runner: Runner
                 print(f"budget reached: {len(plans) - n + 1} of {len(plans)} mutants not run", flush=True)
                 break
             spec = item.mutations[0]
-            began = time.monotonic()
             result = test_mutant(runner, spec, selection)
-            seconds[target] += time.monotonic() - began
             dbs[target].set_result(item.job_id, result)
             print(f"  [{n}/{len(plans)} {time.monotonic() - started:4.0f}s] {target.path}:{spec.start_pos[0]} "
                   f"{_operator(spec)}: {verdict(result)}", flush=True)
-    return dict(seconds)
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -484,11 +515,17 @@ def _operator(spec: MutationSpec) -> str:
     return spec.operator_name.partition("/")[2]
 
 
-def mutation_text(diff: str) -> str:
-    """`old` -> `new` from the unified diff of one mutant."""
+def changed_lines(diff: str) -> tuple[str, str]:
+    """(old, new) source of one mutant, from its unified diff, each stripped and joined on one line."""
     removed = [l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
     added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
-    return f"`{' '.join(removed)}` -> `{' '.join(added)}`"
+    return " ".join(removed), " ".join(added)
+
+
+def load_equivalents() -> dict[tuple[str, str, str], str]:
+    """(module, old, new) -> why the mutant is equivalent, from EQUIVALENTS (matched by text, not line)."""
+    data = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.exists() else {}
+    return {(e["module"], e["old"].strip(), e["new"].strip()): e["why"] for e in data.get("equivalent", [])}
 
 
 def _minutes(seconds: float) -> str:
@@ -504,26 +541,40 @@ def count_report(scores: Sequence[Score]) -> Iterator[str]:
     yield f"| **all** | **{sum(s.total for s in scores)}** | | |"
 
 
-def report(scores: Sequence[Score]) -> Iterator[str]:
-    yield "| module | mutants | run | killed | score | timeouts | no test executes it | s / mutant run | time |"
-    yield "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+def report(scores: Sequence[Score], equivalents: dict[tuple[str, str, str], str]) -> Iterator[str]:
+    """The score table, then every survivor: the equivalent ones with the reason, the others to kill.
+    Score = killed / (run - equivalent)."""
+    def why(s: Score, result: WorkResult) -> str | None:
+        return equivalents.get((s.target.path, *changed_lines(result.diff or "")))
+
+    yield ("| module | mutants | run | killed | equivalent | score | timeouts | no test executes it "
+           "| s / mutant run | time |")
+    yield "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    totals = Counter[str]()
     for s in scores:
+        equivalent = sum(why(s, r) is not None for _, r in s.survivors)
         uncovered = sum(r.output == NO_TEST for _, r in s.survivors)
-        tested = s.run - uncovered
-        per = f"{s.seconds / tested:.1f}" if tested else "-"
-        yield (f"| `{s.target.path}` | {s.total} | {s.run} | {s.killed} | {s.percent:.1f} % | {s.timeouts} | "
+        judged = s.run - equivalent
+        per = f"{s.seconds / (s.run - uncovered):.1f}" if s.run > uncovered else "-"
+        score = f"{100.0 * s.killed / judged:.1f} %" if judged else "-"
+        yield (f"| `{s.target.path}` | {s.total} | {s.run} | {s.killed} | {equivalent} | {score} | {s.timeouts} | "
                f"{uncovered} | {per} | {_minutes(s.seconds)} |")
-    run, killed = sum(s.run for s in scores), sum(s.killed for s in scores)
-    yield (f"| **all** | **{sum(s.total for s in scores)}** | **{run}** | **{killed}** | "
-           f"**{100.0 * killed / run if run else 100.0:.1f} %** | {sum(s.timeouts for s in scores)} | "
-           f"{sum(r.output == NO_TEST for s in scores for _, r in s.survivors)} | | "
-           f"{_minutes(sum(s.seconds for s in scores))} |")
-    yield ""
-    yield "Surviving mutants (file:line, operator, mutation, how it was judged):"
+        totals.update(total=s.total, run=s.run, killed=s.killed, equivalent=equivalent, timeouts=s.timeouts,
+                      uncovered=uncovered, seconds=int(s.seconds))
+    judged = totals["run"] - totals["equivalent"]
+    yield (f"| **all** | **{totals['total']}** | **{totals['run']}** | **{totals['killed']}** | "
+           f"**{totals['equivalent']}** | **{100.0 * totals['killed'] / judged if judged else 100.0:.1f} %** | "
+           f"{totals['timeouts']} | {totals['uncovered']} | | {_minutes(totals['seconds'])} |")
     for s in scores:
+        if not s.survivors:
+            continue
+        yield ""
+        yield f"`{s.target.path}`:"
         for spec, result in s.survivors:
-            yield (f"- `{s.target.path}:{spec.start_pos[0]}` {_operator(spec)}: {mutation_text(result.diff or '')} "
-                   f"({result.output})")
+            old, new = changed_lines(result.diff or "")
+            reason = why(s, result)
+            verdict_ = f"equivalent: {reason}" if reason else f"to kill ({result.output})"
+            yield f"- {spec.start_pos[0]} {_operator(spec)}: `{old}` -> `{new}` — {verdict_}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,6 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", action="store_true", help="count the mutants per target; run nothing")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_MINUTES,
                         help=f"minutes for the whole run (default {DEFAULT_BUDGET_MINUTES:.0f}; 0: no limit)")
+    parser.add_argument("--resume", action="store_true",
+                        help="run only the mutants the last run left unjudged (same sessions, same coverage map)")
+    parser.add_argument("--recheck", action="store_true",
+                        help="judge the last run's survivors that were judged by their fastest tests only, "
+                             "with every test that executes them")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: report the last run again (after editing mutation_equivalents.toml)")
     args = parser.parse_args(argv)
     known = {t.path: t for t in TARGETS}
     unknown = [m for m in args.modules if m not in known]
@@ -540,6 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = [known[m] for m in args.modules] or list(TARGETS)
     os.chdir(ROOT)
     OUT.mkdir(exist_ok=True)
+    lock = (OUT / "lock").open("w")
+    try:  # one run per worktree: a second would put the first one's mutant back, or judge it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit("mutation: another run is using this worktree (.mutation/lock)") from None
     # SIGTERM (make interrupted, a CI limit) unwinds like Ctrl-C, so the mutated file is put back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     restore_interrupted()
@@ -547,27 +610,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = started + 60 * args.budget if args.budget > 0 else None
     scores = {t: Score(t) for t in targets}
     with contextlib.ExitStack() as stack:
-        dbs = {t: stack.enter_context(use_db(str(OUT / f"{Path(t.path).stem}.sqlite"))) for t in targets}
+        # --count makes its sessions in a scratch folder: the last run's results stay as they are
+        sessions = Path(stack.enter_context(tempfile.TemporaryDirectory())) if args.count else OUT
+        dbs = {t: stack.enter_context(use_db(str(sessions / f"{Path(t.path).stem}.sqlite"))) for t in targets}
+        if args.count or not (args.resume or args.report or args.recheck):
+            for t in targets:
+                init_session(t, dbs[t])
         for t in targets:
-            scores[t].skipped = init_session(t, dbs[t])
-            scores[t].total = len(dbs[t].pending_work_items)
+            scores[t].total = sum(r.worker_outcome != WorkerOutcome.SKIPPED for _, r in dbs[t].completed_work_items)
+            scores[t].total += len(dbs[t].pending_work_items)
         if args.count:
+            for t in targets:
+                scores[t].tally(dbs[t])
             print("\n".join(count_report(list(scores.values()))))
             return 0
-        runner = Runner()
+        runner = Runner() if not args.report else None
         try:
-            test_map = TestMap.measure(runner, targets)
-            for t, seconds in run_all(targets, dbs, runner, test_map, deadline).items():
-                scores[t].seconds = seconds
+            saved = OUT / "testmap.json"
+            if runner is not None:
+                reuse = (args.resume or args.recheck) and saved.exists()
+                test_map = TestMap.load(saved) if reuse else TestMap.measure(runner, targets)
+                run_all(targets, dbs, runner, test_map, deadline, recheck=args.recheck)
         finally:
-            runner.close()
+            if runner is not None:
+                runner.close()
         for t in targets:
             scores[t].tally(dbs[t])
     elapsed = _minutes(time.monotonic() - started)
-    lines = list(report(list(scores.values())))
+    lines = list(report(list(scores.values()), load_equivalents()))
     print("\n" + "\n".join(lines))
-    (OUT / "report.md").write_text(f"Mutation score, {time.strftime('%Y-%m-%d')}, {elapsed} in all "
-                                   f"(coverage map included)\n\n" + "\n".join(lines) + "\n")
+    note = ("report only" if args.report else "this pass, rechecked" if args.recheck
+            else "this pass, resumed" if args.resume else "coverage map included")
+    (OUT / "report.md").write_text(f"Mutation score, {time.strftime('%Y-%m-%d')}, {elapsed} ({note})\n\n"
+                                   + "\n".join(lines) + "\n")
     print(f"\n{elapsed} in all; written to .mutation/report.md")
     return 0
 
