@@ -9,7 +9,7 @@ DB     ?= .indexflow/lancedb
 Q      ?= how do I parse command line arguments
 K      ?= 5
 
-.PHONY: help install index query plan test bench emulator clean
+.PHONY: help install index query plan test bench mutation emulator clean
 
 help:
 	@echo "make index            index the sample corpus in data/ (emulator unless GEMINI_API_KEY is set)"
@@ -17,6 +17,7 @@ help:
 	@echo "make plan             what a run would embed, cost and take, without calling the API"
 	@echo "make test             the test suite (real emulator, LanceDB and Prefect server)"
 	@echo "make bench            benchmarks that print figures"
+	@echo "make mutation         mutation score of the guarantee-carrying modules (<= 50 min; MODULES=, BUDGET= minutes)"
 	@echo "make emulator         run the Gemini API emulator on 127.0.0.1:8765"
 	@echo "make server           a local Prefect server and UI on 127.0.0.1:4200 (PREFECT_PORT=N for another)"
 	@echo "make pool deploy      the work pool and the deployments from prefect.yaml (configured Prefect API, else local)"
@@ -46,11 +47,26 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+# Mutation testing (TESTING.md): cosmic-ray in its own venv, the tests in .venv. Not part of `make test`.
+MVENV  := .venv-mutation
+MSTAMP := $(MVENV)/.installed
+MODULES ?=
+BUDGET  ?=
+ARGS    ?=
+
+$(MSTAMP): pyproject.toml constraints.txt
+	@test -x $(MVENV)/bin/python || $(PYTHON) -m venv $(MVENV)
+	$(MVENV)/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt cosmic-ray
+	@touch $(MSTAMP)
+
+mutation: $(STAMP) $(MSTAMP)
+	nice -n 19 $(MVENV)/bin/python tools/mutation.py $(if $(BUDGET),--budget $(BUDGET)) $(ARGS) $(MODULES)
+
 emulator: $(STAMP)
 	$(BIN)/indexflow emulator --host 127.0.0.1 --port 8765
 
 clean:
-	rm -rf .indexflow .pytest_cache
+	rm -rf .indexflow .pytest_cache .mutation
 
 # --- Run as a service (see README "Run as a service") ---------------------------------------
 PREFECT_PORT ?= 4200
