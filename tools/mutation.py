@@ -303,6 +303,7 @@ class TestMap:
                                coverage_of=[ROOT / t.path for t in targets], map_out=out)
         if answer["timeout"] or not out.exists():
             raise SystemExit(f"mutation: the coverage run did not finish; see {OUT / 'testmap.log'}")
+        (OUT / "testmap.targets").write_text("\n".join(t.path for t in targets) + "\n")
         test_map = cls.load(out)
         print(f"  done in {time.monotonic() - started:.0f} s" + (
             f"; these fail without mutants and judge none: {sorted(test_map.failing)}" if test_map.failing else ""),
@@ -628,7 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             saved = OUT / "testmap.json"
             if runner is not None:
-                reuse = (args.resume or args.recheck) and saved.exists()
+                mapped = OUT / "testmap.targets"  # a map made for fewer modules knows no tests of the others
+                reuse = ((args.resume or args.recheck) and saved.exists() and mapped.exists()
+                         and {t.path for t in targets} <= set(mapped.read_text().split()))
                 test_map = TestMap.load(saved) if reuse else TestMap.measure(runner, targets)
                 run_all(targets, dbs, runner, test_map, deadline, recheck=args.recheck)
         finally:
