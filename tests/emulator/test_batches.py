@@ -70,7 +70,9 @@ def vectors_of(job: types.BatchJob) -> list[np.ndarray | None]:
 
 
 def test_inline_lifecycle_moves_pending_running_succeeded_with_string_stats(emu, client):
-    emu.admin.set_batch_config({"pending_seconds": 0.2, "running_seconds": 1.0})
+    # Long enough phases that a poll every 20 ms sees each one even when a loaded machine stalls
+    # this process for most of a second.
+    emu.admin.set_batch_config({"pending_seconds": 1.5, "running_seconds": 2.0})
     texts = [f"document number {i} about proteins" for i in range(10)]
     job = create_inline(client, texts, output_dimensionality=128)
     assert job.state == types.JobState.JOB_STATE_PENDING
@@ -78,7 +80,7 @@ def test_inline_lifecycle_moves_pending_running_succeeded_with_string_stats(emu,
     assert job.model == f"models/{MODEL}" and job.create_time is not None
 
     seen_states, processed_while_running = [], []
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         op = raw_job(emu, job.name)
         meta = op["metadata"]
@@ -314,7 +316,7 @@ def test_async_client_runs_the_same_lifecycle(emu, client):
 
 
 def test_jobs_and_files_survive_a_restart_on_the_same_state_dir(tmp_path):
-    config = EmulatorConfig(batch=BatchConfig(pending_seconds=0.3, running_seconds=0.5), state_dir=tmp_path)
+    config = EmulatorConfig(batch=BatchConfig(pending_seconds=2.0, running_seconds=0.5), state_dir=tmp_path)
     texts = ["persisted text one", "persisted text two"]
     payload = b'{"key": "a", "request": {"content": {"parts": [{"text": "file text"}]}}}\n'
     with running_emulator(config) as first:

@@ -155,7 +155,8 @@ def test_batch_mode_books_tokens_at_the_batch_price_and_reports_jobs(api_env, tm
 
 def test_a_batch_run_past_its_wait_limit_ends_waiting_and_the_next_run_collects(api_env, tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", 30)
-    api_env.admin.set_batch_config({"pending_seconds": 0.1, "running_seconds": 3.0})
+    # The job must outlive the first two runs even when a loaded machine takes seconds per run.
+    api_env.admin.set_batch_config({"pending_seconds": 0.1, "running_seconds": 8.0})
     params = dict(corpus=str(corpus), table="w", db_uri=str(tmp_path / "db"), mode="batch",
                   options={"batch_poll_seconds": 0.1, "batch_wait_limit_seconds": 0.5})
     state, _ = run_flow(**params)
