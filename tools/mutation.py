@@ -370,20 +370,43 @@ def backups(targets: Sequence[Target]) -> Iterator[None]:
     for source, copy in copies:
         copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, copy)
-    yield
-    for _, copy in copies:
-        copy.unlink()
+    try:
+        yield
+    finally:  # an exception or SIGTERM unwinds through use_mutation, which has put the original back
+        for _, copy in copies:
+            copy.unlink(missing_ok=True)
+
+
+def _committed(path: Path) -> bytes | None:
+    """The file as git's HEAD has it, or None outside a git checkout."""
+    result = subprocess.run(["git", "-C", str(ROOT), "show", f"HEAD:{path.relative_to(ROOT).as_posix()}"],
+                            capture_output=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def _changed_lines(before: bytes, after: bytes) -> int:
+    diff = difflib.unified_diff(before.decode(errors="replace").splitlines(),
+                                after.decode(errors="replace").splitlines(), lineterm="", n=0)
+    return sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
 
 
 def restore_interrupted() -> None:
-    """Put back any file a killed run left mutated (cosmic-ray restores on exceptions, not on SIGKILL)."""
+    """Put back any file a killed run left mutated (cosmic-ray restores on exceptions, not on SIGKILL).
+
+    Only a file that still looks like a mutant is restored: one that differs from its copy in a
+    changed line or two and is not what git has committed. Anything else is someone's edit since.
+    """
     inflight = OUT / "inflight"
     for copy in inflight.rglob("*.py") if inflight.exists() else ():
         original = ROOT / copy.relative_to(inflight)
-        if original.read_bytes() != copy.read_bytes():
-            print(f"mutation: restoring {original.relative_to(ROOT)}, left mutated by an interrupted run")
-            shutil.copy2(copy, original)
-            forget_bytecode(original)
+        current, saved = original.read_bytes(), copy.read_bytes()
+        if current != saved:
+            if current != _committed(original) and _changed_lines(saved, current) <= 4:
+                print(f"mutation: restoring {original.relative_to(ROOT)}, left mutated by an interrupted run")
+                shutil.copy2(copy, original)
+                forget_bytecode(original)
+            else:
+                print(f"mutation: {original.relative_to(ROOT)} was edited since an interrupted run; left as it is")
         copy.unlink()
 
 
