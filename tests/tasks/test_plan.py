@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from indexflow.tasks.chunk import Chunk
-from indexflow.tasks.plan import PlanCounts, Planner, doc_id_of, forecast
+from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner, doc_id_of, forecast
 from indexflow.tasks.settings import TIERS, Limits
 
 
@@ -193,3 +193,11 @@ def test_a_forecast_is_a_value():
     assert fc == forecast(10, 100, batch_size=10, limits=TIERS["1"]) and len({fc, fc}) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         fc.calls = 0
+
+
+def test_the_price_list_is_gemini_embedding_001s():
+    # USD per million input tokens (ai.google.dev pricing): $0.15 online, $0.075 through the Batch API
+    assert PRICE_PER_MILLION_TOKENS == {"online": 0.15, "batch": 0.075}
+    fc = forecast(1_000, 1_000_000, batch_size=100, limits=TIERS["1"])
+    assert fc.online_cost_usd == pytest.approx(0.15, rel=1e-12)
+    assert fc.batch_cost_usd == pytest.approx(0.075, rel=1e-12)
