@@ -112,3 +112,11 @@ def test_key_from_secret_block_is_used_and_never_stored(prefect_in_process, semu
     stored = asyncio.run(everything_prefect_stored())
     assert_nowhere(TEST_KEY, stored, str(ok.message))
     assert_nowhere(WRONG_KEY, stored, str(refused.message))
+
+
+def test_without_a_key_or_a_secret_block_the_emulator_is_used(prefect_in_process, monkeypatch):
+    from indexflow.flows.index_corpus import _api_key_from_environment
+
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    # the server answers, but holds no block named gemini-api-key
+    assert _api_key_from_environment() is None

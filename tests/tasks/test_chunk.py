@@ -172,3 +172,22 @@ def test_scifact_documents_are_almost_all_one_chunk_at_the_defaults() -> None:
     assert problems == [] and len(per_doc) == documents
     single = sum(1 for n in per_doc.values() if n == 1)
     assert single / documents > 0.99
+
+
+def test_the_smallest_limits_are_accepted_and_anything_below_is_refused() -> None:
+    # max_tokens=1, no overlap: every word is its own chunk, and a word over one token is cut
+    assert [c.text for c in chunks_of("a bc defgh", max_tokens=1)] == ["a", "bc", "d", "e", "f", "g", "h"]
+    assert [c.text for c in chunks_of("a b", max_tokens=1, overlap=0)] == ["a", "b"]
+    for max_tokens, overlap in ((0, 0), (1, -1), (-5, 3)):
+        with pytest.raises(ConfigError) as raised:
+            chunks_of("text", max_tokens=max_tokens, overlap=overlap)
+        assert (raised.value.max_tokens, raised.value.overlap_tokens) == (max_tokens, overlap)
+        assert str(raised.value) == (
+            f"max_tokens must be >= 1 and overlap_tokens >= 0, got {max_tokens} and {overlap}")
+
+
+def test_a_document_that_exactly_fits_is_one_chunk() -> None:
+    text = "one two three four five six seven eight nine ten"
+    assert estimate_tokens(text) == 12
+    assert [c.text for c in chunks_of(text, max_tokens=12)] == [text]
+    assert len(chunks_of(text, max_tokens=11)) == 2

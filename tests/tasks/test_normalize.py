@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from indexflow.tasks.errors import BadResponseError
-from indexflow.tasks.normalize import find_bad_rows, l2_normalize
+from indexflow.tasks.normalize import MIN_NORM, find_bad_rows, l2_normalize
 
 
 def test_rows_become_unit_length_float32_and_keep_direction():
@@ -59,3 +59,41 @@ def test_good_rows_can_be_kept_after_find_bad_rows():
     keep = [i for i in range(len(vectors)) if i not in bad]
     out = l2_normalize(vectors[keep], expected_dim=2)
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 1.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize(("vectors", "rows"), [
+    (np.ones((3, 15)), [0, 1, 2]),  # every row of the batch must be embedded again
+    (np.ones((2, 3, 16)), [0, 1]),
+    (np.ones(16), list(range(16))),  # a flat answer: each entry along its only axis
+    (np.float64(1.0), []),  # a scalar has no rows
+])
+def test_a_wrong_shape_names_every_row_of_the_batch(vectors, rows):
+    with pytest.raises(BadResponseError) as info:
+        l2_normalize(vectors, expected_dim=16)
+    assert (info.value.rows, info.value.reason) == (rows, "shape")
+
+
+def test_a_batch_that_is_not_numbers_is_a_bad_response_naming_every_row():
+    with pytest.raises(BadResponseError) as info:
+        l2_normalize(np.full((2, 4), "x"), expected_dim=4)
+    err = info.value
+    assert (err.rows, err.reason, err.shape, err.expected_dim) == ([0, 1], "dtype", (2, 4), 4)
+    assert str(err) == "embedding batch has dtype <U1, expected numbers"
+
+
+def test_the_error_names_the_first_bad_row_and_its_reason():
+    vectors = np.ones((5, 3))
+    vectors[2] = 0.0
+    vectors[4, 1] = np.nan
+    with pytest.raises(BadResponseError) as info:
+        l2_normalize(vectors, expected_dim=3)
+    err = info.value
+    assert (err.rows, err.reasons, err.reason) == ([2, 4], {2: "zero norm", 4: "non-finite"}, "zero norm")
+    assert str(err) == "2 of 5 embeddings are unusable (first: row 2, zero norm); these items must be embedded again"
+
+
+def test_a_norm_of_exactly_the_minimum_is_usable():
+    vectors = np.array([[6e-7, 8e-7], [1e-6, 0.0], [0.0, 9.99e-7]])
+    assert np.linalg.norm(vectors[:2], axis=1).tolist() == [MIN_NORM, MIN_NORM]
+    assert find_bad_rows(vectors) == {2: "zero norm"}
+    np.testing.assert_allclose(l2_normalize(vectors[:2], expected_dim=2), [[0.6, 0.8], [1.0, 0.0]], atol=1e-7)
