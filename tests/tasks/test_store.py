@@ -600,3 +600,55 @@ def test_finalize_keeps_the_indexes_it_built_unless_asked_to_rebuild(tmp_path):
     assert (again.vector_index, again.fts_index) == ("kept", "kept")
     rebuilt = store.finalize(rebuild_indexes=True)
     assert (rebuilt.vector_index, rebuilt.fts_index) == ("created", "created")
+
+
+class RacingConnection:
+    """A real connection to `path`; another writer creates `name` right after this one found it missing."""
+
+    def __init__(self, path, name, schema):
+        self._db, self._path, self._name, self._schema = lancedb.connect(path), path, name, schema
+        self.raced = False
+
+    def open_table(self, name):
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            if not self.raced and name == self._name:
+                self.raced = True
+                lancedb.connect(self._path).create_table(name, schema=self._schema)
+            raise
+
+    def __getattr__(self, attr):
+        return getattr(self._db, attr)
+
+
+def test_a_table_another_writer_creates_first_is_opened_not_refused(tmp_path):
+    from indexflow.tasks.store import open_or_create
+
+    db = RacingConnection(str(tmp_path), "idx", chunk_schema(RECIPE))
+    table = open_or_create(db, "idx", chunk_schema(RECIPE), "id")
+    assert db.raced and table.count_rows() == 0
+    assert table.schema == chunk_schema(RECIPE)
+
+
+def test_writers_opening_a_new_table_at_once_all_get_it(tmp_path):
+    # Two first runs at once: create_table then fails with "already exists" or, when both commits
+    # race, Lance's "retryable commit conflict"; either way the table is the other writer's.
+    for trial in range(3):
+        errors, barrier = [], threading.Barrier(6)
+
+        def open_writer():
+            barrier.wait()
+            try:
+                VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).record_failures(
+                    [FailedItem.from_chunk(make_chunks(1)[0], "503", 1)])
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_writer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).count_dead_letters() == 1
