@@ -652,3 +652,35 @@ def test_writers_opening_a_new_table_at_once_all_get_it(tmp_path):
             t.join()
         assert errors == []
         assert VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).count_dead_letters() == 1
+
+
+class ConflictingTable:
+    """A real table whose next `conflicts` migrations lose to another writer's commit, as Lance reports it."""
+
+    def __init__(self, table, conflicts):
+        self._table, self.left, self.attempts = table, conflicts, 0
+
+    def add_columns(self, columns):
+        self.attempts += 1
+        if self.left:
+            self.left -= 1
+            raise RuntimeError("lance error: Retryable commit conflict for version 3: preempted. Please retry.")
+        return self._table.add_columns(columns)
+
+    def __getattr__(self, attr):
+        return getattr(self._table, attr)
+
+
+@pytest.mark.parametrize(("conflicts", "migrated"), [(4, True), (5, False)])
+def test_a_migration_outlasts_four_conflicting_commits_and_gives_up_at_the_fifth(tmp_path, conflicts, migrated):
+    from indexflow.tasks.store import _ensure_metadata
+
+    table = ConflictingTable(old_table(tmp_path, make_chunks(3), unit(3)), conflicts)
+    if migrated:
+        _ensure_metadata(table)
+        assert metadata_by_id(current(tmp_path, "old")) == expected_metadata(make_chunks(3))
+    else:
+        with pytest.raises(RuntimeError, match="commit conflict"):
+            _ensure_metadata(table)
+        assert "metadata" not in current(tmp_path, "old").schema.names
+    assert table.attempts == 5
