@@ -684,3 +684,13 @@ def test_a_migration_outlasts_four_conflicting_commits_and_gives_up_at_the_fifth
             _ensure_metadata(table)
         assert "metadata" not in current(tmp_path, "old").schema.names
     assert table.attempts == 5
+
+
+def test_deleting_fewer_ids_than_one_filter_holds_is_one_commit(store):
+    # ID_BATCH ids go into one `IN (...)` filter: a run's stale ids are one commit, not one per id.
+    store.upsert(rows_from(make_chunks(30), unit(30)))
+    version = store.table.version
+    assert store.delete_chunks(c.id for c in make_chunks(20)) == 20
+    assert store.table.version == version + 1
+    assert store.delete_docs(["d20", "d21", "d22"]) == 3
+    assert store.table.version == version + 2
