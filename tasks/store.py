@@ -250,10 +250,12 @@ def open_or_create(db: lancedb.DBConnection, name: str, schema: pa.Schema, key: 
     if table is None:
         try:
             table = db.create_table(name, schema=schema)
-        except ValueError as exc:
-            if "already exists" not in str(exc):
+        except (ValueError, RuntimeError) as exc:
+            # Another writer created it first: "already exists" (ValueError), or, when both
+            # creations raced to commit, Lance's "retryable commit conflict" (RuntimeError).
+            if "already exists" not in str(exc) and "commit conflict" not in str(exc).lower():
                 raise
-            table = db.open_table(name)  # another writer created it first
+            table = db.open_table(name)
     return _ensure_key(table, key)
 
 

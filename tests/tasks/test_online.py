@@ -358,3 +358,35 @@ def test_a_run_stopped_by_an_outage_reports_what_it_spent(emu, corpus, tmp_path)
     carried = pickle.loads(pickle.dumps(raised.value)).outcome
     assert (carried.embed.calls, carried.embed.retries, carried.committed_rows) == (6, 3, 20)
     assert carried.error is None
+
+
+def test_a_run_lists_the_first_20_failures_and_counts_every_one(emu, corpus, tmp_path):
+    # 25 texts the API refuses, in several batches: the report names 20, the count says 25.
+    docs = make_docs(3)
+    docs.update({f"big{i}": {"title": "Big", "text": " ".join(sentence(7000 + 10 * i + j, 30) for j in range(8))}
+                 for i in range(25)})
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=5, concurrency=2)
+    emu.admin.set_config(max_input_tokens=300)
+    out = run(s, endpoint(emu))
+    assert out.error is None and out.dead_lettered == 25 and out.committed_rows == 3
+    assert len(out.failures) == 20
+    dead = {d.chunk_id: d for d in VectorStore.open(s.db_uri, s.table, create=False).dead_letters()}
+    assert set(dead) == {f"big{i}#0" for i in range(25)}
+    expected = {f"{d.chunk_id} ({d.source}): {d.error}" for d in dead.values()}
+    assert set(out.failures) <= expected and len(set(out.failures)) == 20
+
+
+def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(corpus, tmp_path):
+    # The flow's fallback when a stage raised without an outcome: OnlineOutcome(counts, ...) alone.
+    from indexflow.flows.index_corpus import summarize
+    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.online import OnlineOutcome
+    from indexflow.tasks.plan import PlanCounts
+    from indexflow.tasks.problems import ProblemLog
+
+    counts = PlanCounts(docs_seen=4, docs_new=4, chunks_seen=4, chunks_new=4, tokens_to_embed=40)
+    out = OnlineOutcome(counts, ProblemLog(), EmbedStats())
+    assert (out.committed_rows, out.deleted_rows, out.dead_lettered, out.failures, out.error) == (0, 0, 0, [], None)
+    summary = summarize(settings(write_jsonl(corpus, make_docs(4)), tmp_path), "emulator", "online", out, 1.0)
+    assert (summary.chunks_embedded, summary.chunks_deleted, summary.dead_lettered, summary.failures) == (0, 0, 0, [])
+    assert summary.plan == counts and summary.status == "completed"

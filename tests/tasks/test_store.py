@@ -1,5 +1,6 @@
 import pickle
 import threading
+from dataclasses import FrozenInstanceError
 from datetime import datetime, timezone
 
 import lancedb
@@ -15,7 +16,9 @@ from indexflow.tasks.store import (
     DEAD_LETTER_SUFFIX,
     METADATA_TYPE,
     RECIPE_KEY,
+    ChunkKey,
     FailedItem,
+    StoreStats,
     VectorStore,
     chunk_schema,
     rows_from,
@@ -454,3 +457,240 @@ def test_no_dead_letter_table_until_needed(tmp_path, store):
     assert store.dead_letters() == []
     assert store.clear_dead_letters(["x"]) == 0
     assert not any(name.endswith(DEAD_LETTER_SUFFIX) for name in lancedb.connect(str(tmp_path)).list_tables().tables)
+
+
+# -- exact schemas, reads that see every commit, and the edges of open ---------------------------
+
+PK = {"lance-schema:unenforced-primary-key:position": "1"}
+CHUNK_COLUMNS = [
+    pa.field("doc_id", pa.string(), nullable=False),
+    pa.field("ordinal", pa.int32(), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("content_hash", pa.string(), nullable=False),
+]
+
+
+def test_index_and_dead_letter_tables_have_exactly_the_documented_schemas(tmp_path, store):
+    metadata = pa.struct([pa.field("id", pa.string()), pa.field("doc_id", pa.string()),
+                          pa.field("ordinal", pa.int32()), pa.field("title", pa.string()),
+                          pa.field("source", pa.string())])
+    index = pa.schema(
+        [pa.field("id", pa.string(), nullable=False, metadata=PK), *CHUNK_COLUMNS,
+         pa.field("vector", pa.list_(pa.float32(), DIM), nullable=False),
+         pa.field("indexed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+         pa.field("metadata", metadata)],
+        metadata={RECIPE_KEY: RECIPE.to_json()},
+    )
+    dead = pa.schema(
+        [pa.field("chunk_id", pa.string(), nullable=False, metadata=PK), *CHUNK_COLUMNS,
+         pa.field("error", pa.string(), nullable=False),
+         pa.field("attempts", pa.int32(), nullable=False),
+         pa.field("failed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+         pa.field("error_type", pa.string())],
+    )
+    store.record_failures([FailedItem.from_chunk(make_chunks(1)[0], "400 bad", 1)])
+    db = lancedb.connect(str(tmp_path))
+    for name, want in (("idx", index), ("idx" + DEAD_LETTER_SUFFIX, dead)):
+        got = db.open_table(name).schema
+        assert got.equals(want, check_metadata=True), f"{name}:\n{got}\n!=\n{want}"
+        assert [f.nullable for f in got] == [f.nullable for f in want]
+        assert [f.metadata for f in got] == [f.metadata for f in want]
+
+
+def test_a_second_handle_sees_a_commit_at_once(tmp_path, store):
+    # Two processes on one table (a run and a query, two workers): reads never lag behind commits.
+    other = VectorStore.open(str(tmp_path), "idx", RECIPE)
+    assert other.count_rows() == 0
+    store.upsert(rows_from(make_chunks(3), unit(3)))
+    assert other.count_rows() == 3
+    assert other.existing_hashes() == {"d0#0": "h0", "d1#0": "h1", "d2#0": "h2"}
+
+
+def test_rebuild_of_a_table_that_does_not_exist_yet_creates_it(tmp_path):
+    store = VectorStore.open(str(tmp_path), "fresh", RECIPE, rebuild=True)
+    assert store.count_rows() == 0 and store.recipe == RECIPE
+
+
+def test_a_file_uri_is_a_local_database_a_read_never_creates(tmp_path):
+    from indexflow.tasks.errors import TableNotFoundError
+    from indexflow.tasks.store import local_path
+
+    missing = tmp_path / "no-such-db"
+    assert local_path(f"file://{missing}") == missing
+    assert local_path(str(missing)) == missing
+    assert local_path("s3://bucket/db") is None
+    with pytest.raises(TableNotFoundError) as info:
+        VectorStore.open(f"file://{missing}", "idx", RECIPE, create=False)
+    assert "no such directory" in str(info.value) and info.value.uri == f"file://{missing}"
+    assert not missing.exists()
+
+
+def test_a_foreign_table_is_refused_with_what_it_holds_and_what_the_run_wants(tmp_path):
+    lancedb.connect(str(tmp_path)).create_table("foreign", schema=pa.schema([pa.field("id", pa.string())]))
+    with pytest.raises(RecipeMismatchError) as info:
+        VectorStore.open(str(tmp_path), "foreign", RECIPE)
+    assert str(info.value) == (
+        f"table 'foreign' in {tmp_path} was built with recipe (none: not an indexflow table), "
+        f"this run wants {RECIPE.to_json()}; vectors from two recipes must not mix: "
+        "index into a new table name (--table) or pass --rebuild to re-embed everything"
+    )
+    with pytest.raises(RecipeMismatchError) as info:
+        VectorStore.open(str(tmp_path), "foreign")
+    assert "this run wants (any);" in str(info.value) and info.value.wanted is None
+
+
+@pytest.mark.parametrize("stored", ["{not json", '{"dimensions": 16, "from_a_later_version": 1}'])
+def test_a_recipe_this_version_cannot_read_is_a_mismatch_never_a_guess(tmp_path, stored):
+    schema = chunk_schema(RECIPE)
+    lancedb.connect(str(tmp_path)).create_table("later", schema=schema.with_metadata({RECIPE_KEY: stored}))
+    with pytest.raises(RecipeMismatchError) as info:
+        VectorStore.open(str(tmp_path), "later", RECIPE)
+    assert info.value.stored == stored
+
+
+def test_empty_writes_commit_nothing(store):
+    version = store.table.version
+    assert store.upsert(rows_from([], np.zeros((0, DIM), dtype=np.float32))) == 0
+    assert store.record_failures([]) == 0
+    assert store.table.version == version
+    assert store.dead_letters() == []
+
+
+def test_replacing_a_dead_letter_counts_one_row_written(store):
+    chunk = make_chunks(1)[0]
+    assert store.record_failures([FailedItem.from_chunk(chunk, "503", 1)]) == 1
+    assert store.record_failures([FailedItem.from_chunk(chunk, "503 again", 2)]) == 1
+    assert [(d.error, d.attempts) for d in store.dead_letters()] == [("503 again", 2)]
+
+
+def test_reading_counting_and_stats_never_create_the_dead_letter_table(tmp_path, store):
+    assert store.count_dead_letters() == 0
+    assert store.stats() == StoreStats(table="idx", rows=0, fragments=0, small_fragments=0, dead_letters=0,
+                                       indexes=(), version=1)
+    assert store.clear_dead_letters(["x"]) == 0 and store.dead_letters() == []
+    assert lancedb.connect(str(tmp_path)).list_tables().tables == ["idx"]
+
+
+def test_records_are_immutable_and_hashable(store):
+    item = FailedItem.from_chunk(make_chunks(1)[0], "503", 1, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    key = ChunkKey("d0#0", "d0", "h0")
+    stats = store.stats()
+    for record, name in ((item, "error"), (key, "content_hash"), (stats, "rows")):
+        with pytest.raises(FrozenInstanceError):
+            setattr(record, name, None)
+    assert len({item, item, key, key, stats}) == 3
+
+
+def test_search_defaults_to_the_10_nearest_by_vector_only(store):
+    vectors = unit(12)
+    store.upsert(rows_from(make_chunks(12), vectors))
+    hits = store.search(vectors[3])
+    assert len(hits) == 10
+    assert hits[0].id == "d3#0"
+
+
+def test_finalize_keeps_the_indexes_it_built_unless_asked_to_rebuild(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", RECIPE, policy=IndexPolicy(min_rows=50))
+    store.upsert(rows_from(make_chunks(60), unit(60)))
+    first = store.finalize()
+    assert (first.vector_index, first.fts_index) == ("created", "created")
+    again = store.finalize()
+    assert (again.vector_index, again.fts_index) == ("kept", "kept")
+    rebuilt = store.finalize(rebuild_indexes=True)
+    assert (rebuilt.vector_index, rebuilt.fts_index) == ("created", "created")
+
+
+class RacingConnection:
+    """A real connection to `path`; another writer creates `name` right after this one found it missing."""
+
+    def __init__(self, path, name, schema):
+        self._db, self._path, self._name, self._schema = lancedb.connect(path), path, name, schema
+        self.raced = False
+
+    def open_table(self, name):
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            if not self.raced and name == self._name:
+                self.raced = True
+                lancedb.connect(self._path).create_table(name, schema=self._schema)
+            raise
+
+    def __getattr__(self, attr):
+        return getattr(self._db, attr)
+
+
+def test_a_table_another_writer_creates_first_is_opened_not_refused(tmp_path):
+    from indexflow.tasks.store import open_or_create
+
+    db = RacingConnection(str(tmp_path), "idx", chunk_schema(RECIPE))
+    table = open_or_create(db, "idx", chunk_schema(RECIPE), "id")
+    assert db.raced and table.count_rows() == 0
+    assert table.schema == chunk_schema(RECIPE)
+
+
+def test_writers_opening_a_new_table_at_once_all_get_it(tmp_path):
+    # Two first runs at once: create_table then fails with "already exists" or, when both commits
+    # race, Lance's "retryable commit conflict"; either way the table is the other writer's.
+    for trial in range(3):
+        errors, barrier = [], threading.Barrier(6)
+
+        def open_writer():
+            barrier.wait()
+            try:
+                VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).record_failures(
+                    [FailedItem.from_chunk(make_chunks(1)[0], "503", 1)])
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_writer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).count_dead_letters() == 1
+
+
+class ConflictingTable:
+    """A real table whose next `conflicts` migrations lose to another writer's commit, as Lance reports it."""
+
+    def __init__(self, table, conflicts):
+        self._table, self.left, self.attempts = table, conflicts, 0
+
+    def add_columns(self, columns):
+        self.attempts += 1
+        if self.left:
+            self.left -= 1
+            raise RuntimeError("lance error: Retryable commit conflict for version 3: preempted. Please retry.")
+        return self._table.add_columns(columns)
+
+    def __getattr__(self, attr):
+        return getattr(self._table, attr)
+
+
+@pytest.mark.parametrize(("conflicts", "migrated"), [(4, True), (5, False)])
+def test_a_migration_outlasts_four_conflicting_commits_and_gives_up_at_the_fifth(tmp_path, conflicts, migrated):
+    from indexflow.tasks.store import _ensure_metadata
+
+    table = ConflictingTable(old_table(tmp_path, make_chunks(3), unit(3)), conflicts)
+    if migrated:
+        _ensure_metadata(table)
+        assert metadata_by_id(current(tmp_path, "old")) == expected_metadata(make_chunks(3))
+    else:
+        with pytest.raises(RuntimeError, match="commit conflict"):
+            _ensure_metadata(table)
+        assert "metadata" not in current(tmp_path, "old").schema.names
+    assert table.attempts == 5
+
+
+def test_deleting_fewer_ids_than_one_filter_holds_is_one_commit(store):
+    # ID_BATCH ids go into one `IN (...)` filter: a run's stale ids are one commit, not one per id.
+    store.upsert(rows_from(make_chunks(30), unit(30)))
+    version = store.table.version
+    assert store.delete_chunks(c.id for c in make_chunks(20)) == 20
+    assert store.table.version == version + 1
+    assert store.delete_docs(["d20", "d21", "d22"]) == 3
+    assert store.table.version == version + 2
