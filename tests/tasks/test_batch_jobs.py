@@ -594,7 +594,10 @@ def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
         plan=PlanCounts(docs_seen=5, docs_new=5, chunks_seen=5, chunks_new=5, tokens_to_embed=tokens),
         problems=ProblemLog(), embed=EmbedStats(), status="completed", committed_rows=5, run_id=out.run_id,
         jobs_created=3, jobs_collected=3, chunks_submitted=5, chunks_embedded_batch=5, batch_tokens=tokens)
-    assert sorted(j.key for j in ledger_of(s).jobs()) == [job_key("t", out.run_id, p) for p in (1, 2, 3)]
+    jobs = sorted(ledger_of(s).jobs(), key=lambda j: j.part)
+    assert [j.key for j in jobs] == [job_key("t", out.run_id, p) for p in (1, 2, 3)]
+    assert [(j.items, j.generation, j.parent, j.route) for j in jobs] == [(2, 0, None, "inline")] * 2 + [
+        (1, 0, None, "inline")]
     assert seen[-1] == (5, 5) and {t for _, t in seen} == {5}
     assert [d for d, _ in seen] == sorted(d for d, _ in seen), "progress never goes back"
 
@@ -757,3 +760,71 @@ def test_the_run_gives_up_after_21_status_read_failures_in_a_row_and_keeps_its_j
     assert out.status == "waiting" and out.error is None, out.error
     assert clock.sleeps == [2.0, 3.0, 4.5] + [5.0] * 17
     assert [j.key for j in ledger_of(s).jobs() if j.live] == [key]
+
+
+# -- parts: the limits reached exactly ----------------------------------------------------------------
+
+
+def test_a_part_may_fill_the_token_cap_and_the_inline_limit_exactly(emu, endpoint, tmp_path):
+    from indexflow.tasks.batch_submit import body_size, inline_body
+
+    corpus = small_corpus(tmp_path / "c.jsonl", [10, 11, 12, 13])  # four chunks of the same size
+    s = settings_for(corpus, tmp_path, "cap")
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    assert len({c.tokens for c in chunks}) == 1
+    cap = 2 * chunks[0].tokens
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_tokens_per_job=cap), run_id="cap")
+    assert out.status == "completed" and out.jobs_created == 2
+    assert [j.items for j in sorted(ledger_of(s).jobs(), key=lambda j: j.part)] == [2, 2], "2 chunks = the cap"
+
+    def route_at(limit: int, table: str) -> str:
+        t = settings_for(corpus, tmp_path, table)
+        size = body_size(inline_body(chunks, t.recipe, job_key(table, "r", 1)))
+        out = batch(t, endpoint, BatchOptions(poll_seconds=0.02, inline_limit_bytes=size + limit), run_id="r")
+        assert out.status == "completed" and out.committed_rows == 4
+        (job,) = ledger_of(t).jobs()
+        return job.route
+
+    assert route_at(0, "exact") == "inline", "a body of exactly the limit goes inline"
+    assert route_at(-1, "over") == "file"
+
+
+def test_a_create_the_server_refuses_makes_no_job_and_closes_the_intent(emu, endpoint, tmp_path):
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1]), tmp_path, "t", model="no-such-model")
+    out = batch(s, endpoint, run_id="r")
+    assert out.status == "error" and isinstance(out.error, ConfigError) and out.error.status == 404
+    assert out.jobs_created == 0 and out.jobs_waiting == [] and emu.admin.stats().get("batches.created", 0) == 0
+    (job,) = ledger_of(s).jobs()
+    assert (job.key, job.state, job.resolution, job.job_name) == (job_key("t", "r", 1), INTENT, "not_created", None)
+    assert job.error == str(out.error)[:500] and not job.open
+
+
+def test_the_ledger_says_running_only_once_the_server_does(emu, endpoint, tmp_path):
+    corpus = small_corpus(tmp_path / "c.jsonl", [0, 1])
+    emu.admin.set_batch_config({"pending_seconds": 60, "running_seconds": 60})
+    pending = settings_for(corpus, tmp_path, "pending")
+    assert batch(pending, endpoint, wait_limit_seconds=0.2).status == "waiting"
+    assert [j.state for j in ledger_of(pending).jobs()] == ["CREATED"]
+
+    emu.admin.set_batch_config({"pending_seconds": 0, "running_seconds": 60})
+    running = settings_for(corpus, tmp_path, "running")
+    assert batch(running, endpoint, wait_limit_seconds=0.2).status == "waiting"
+    assert [j.state for j in ledger_of(running).jobs()] == ["RUNNING"]
+
+
+def test_an_intent_that_never_became_a_job_does_not_stop_the_resume_of_the_others(emu, endpoint, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1, 2]), tmp_path, "t")
+    emu.admin.set_batch_config({"running_seconds": 60})
+    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
+    assert first.status == "waiting"
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    crashed = job_key("t", "crashed", 1)  # older than r1's job: resumed first
+    ledger_of(s).record_intent(JobRecord(crashed, "crashed", 1, INTENT, "inline", 1, chunks[0].tokens,
+                                         created_at=datetime.now(timezone.utc) - timedelta(hours=1)), chunks[:1])
+    assert [j.key for j in ledger_of(s).jobs(open_only=True)] == [crashed, job_key("t", "r1", 1)]
+    second = batch(s, endpoint, run_id="r2", wait_limit_seconds=0.05)
+    assert second.status == "waiting" and second.jobs_resumed == 1 and second.jobs_created == 0
+    assert second.jobs_waiting == [job_key("t", "r1", 1)] and second.chunks_in_flight == 3
+    assert ledger_of(s).get(crashed).resolution == "not_created"
