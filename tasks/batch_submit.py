@@ -153,6 +153,8 @@ async def create_once(
                 job=None, state="UNKNOWN", transient=True) from None
         if found is not None:
             return found
+        if attempt == attempts:
+            break  # nothing is left to wait for
         delay = getattr(last, "retry_after", None) if isinstance(last, RateLimitedError) else None
         await sleep(delay if delay is not None else base_delay * 2 ** (attempt - 1))
     raise BatchJobError(

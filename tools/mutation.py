@@ -117,9 +117,12 @@ TARGETS: tuple[Target, ...] = (
                                "tests/tasks/test_batcher.py")),
     Target("tasks/ledger.py", ("tests/tasks/test_ledger.py", "tests/tasks/test_batch_jobs.py"),
            exclude=(SCIFACT_BATCH,)),
-    Target("tasks/batch_submit.py", ("tests/tasks/test_batch_jobs.py",), exclude=(SCIFACT_BATCH,)),
-    Target("tasks/batch_results.py", ("tests/tasks/test_batch_jobs.py",), exclude=(SCIFACT_BATCH,)),
-    Target("tasks/batch_jobs.py", ("tests/tasks/test_batch_jobs.py",), exclude=(SCIFACT_BATCH,)),
+    Target("tasks/batch_submit.py", ("tests/tasks/test_batch_jobs.py", "tests/tasks/test_batch_recovery.py"),
+           exclude=(SCIFACT_BATCH,)),
+    Target("tasks/batch_results.py", ("tests/tasks/test_batch_jobs.py", "tests/tasks/test_batch_recovery.py"),
+           exclude=(SCIFACT_BATCH,)),
+    Target("tasks/batch_jobs.py", ("tests/tasks/test_batch_jobs.py", "tests/tasks/test_batch_recovery.py"),
+           exclude=(SCIFACT_BATCH,)),
     # redaction: what hides an API key in every error message
     Target("tasks/gemini.py", ("tests/tasks/test_gemini.py",), scope=("_SECRET_PATTERNS", "sanitize")),
     # the API key's source (never a parameter); only a Prefect server and a worker exercise it

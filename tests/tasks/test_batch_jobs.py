@@ -217,6 +217,7 @@ def test_item_failures_dead_lettered_when_configured_even_when_all_fail(emu, end
     assert out.status == "completed" and out.dead_lettered == 300 == store.count_dead_letters()
     assert store.count_rows() == 0 and emu.admin.stats().get("calls", 0) == 0
     assert all("batch item error 13" in d.error for d in store.dead_letters())
+    assert len(out.failures) == 20, "the report lists the first 20 failures, not all 300"
 
     emu.admin.reset()  # a re-run skips the dead letters: nothing is paid for twice
     again = batch(s, endpoint)
@@ -308,7 +309,8 @@ def test_failed_job_fails_the_run_when_configured(emu, endpoint, corpus_300, tmp
     out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, failed_jobs="fail"))
     assert out.status == "error" and isinstance(out.error, BatchJobError) and out.error.state == "FAILED"
     assert out.committed_rows == 0 and emu.admin.stats()["batches.created"] == 1
-    assert ledger_of(s).jobs()[0].resolution == "abandoned"
+    (job,) = ledger_of(s).jobs()
+    assert job.resolution == "abandoned" and job.error and f"ended FAILED: {job.error}" in str(out.error)
 
 
 def test_two_runs_while_a_job_runs_create_one_job(emu, endpoint, corpus_300, tmp_path):
@@ -541,7 +543,319 @@ def test_a_create_whose_answer_is_lost_is_adopted_not_paid_twice(emu, corpus_300
 @pytest.mark.parametrize("kind", ["429", "503"])
 def test_a_refused_create_is_retried_and_makes_one_job(emu, endpoint, corpus_300, tmp_path, kind):
     emu.admin.set_faults(script=[{"kind": kind, "count": 2, "target": "batch_create"}])
-    out = batch(settings_for(corpus_300, tmp_path), endpoint)
+    slept = []
+
+    async def sleep(seconds):  # the waits asked for, each cut to 20 ms of real time (polls keep going)
+        slept.append(seconds)
+        await asyncio.sleep(min(seconds, 0.02))
+
+    out = batch(settings_for(corpus_300, tmp_path), endpoint, sleep=sleep)
     assert out.error is None and out.committed_rows == 300
     stats = emu.admin.stats()
     assert stats[f"faults.batch_create.{kind}"] == 2 and stats["batches.created"] == 1
+    assert slept[:2] == [2.0, 4.0], "2 s, then doubled, between refused creates (429: no Retry-After given)"
+
+
+# -- the whole report of a run (every counter a user reads) -----------------------------------------
+
+
+def small_corpus(path: Path, ids: list[int]) -> Path:
+    with open(path, "w") as f:
+        for i in ids:
+            f.write(json.dumps({"id": f"d{i}", "title": f"Doc {i}", "text": f"Note {i}: " + " ".join(
+                f"w{i}x{j}" for j in range(12)) + "."}) + "\n")
+    return path
+
+
+def tokens_of(s: Settings, ids: list[int]) -> int:
+    return sum(c.tokens for c in corpus_chunks(s, ProblemLog()) if int(c.doc_id[1:]) in ids)
+
+
+def test_the_cost_of_a_run_at_the_documented_prices():
+    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.plan import PlanCounts
+
+    out = BatchOutcome(PlanCounts(), ProblemLog(), batch_tokens=2_000_000, online_tokens=1_000_000)
+    assert out.batch_cost_usd == pytest.approx(0.15, rel=1e-12)  # $0.075 per million batch tokens
+    assert out.online_equivalent_cost_usd == pytest.approx(0.30, rel=1e-12)  # $0.15 per million online
+    assert out.cost_usd == pytest.approx(0.15 + 0.15, rel=1e-12)
+
+
+def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
+    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.plan import PlanCounts
+
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(5))), tmp_path, "t")
+    seen: list[tuple[int, int | None]] = []
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_items_per_job=2),
+                on_progress=lambda done, total: seen.append((done, total)))
+    tokens = tokens_of(s, list(range(5)))
+    assert len(out.run_id) == 12 and int(out.run_id, 16) >= 0, "a fresh 12-hex-digit run id"
+    assert out == BatchOutcome(
+        plan=PlanCounts(docs_seen=5, docs_new=5, chunks_seen=5, chunks_new=5, tokens_to_embed=tokens),
+        problems=ProblemLog(), embed=EmbedStats(), status="completed", committed_rows=5, run_id=out.run_id,
+        jobs_created=3, jobs_collected=3, chunks_submitted=5, chunks_embedded_batch=5, batch_tokens=tokens)
+    jobs = sorted(ledger_of(s).jobs(), key=lambda j: j.part)
+    assert [j.key for j in jobs] == [job_key("t", out.run_id, p) for p in (1, 2, 3)]
+    assert [(j.items, j.generation, j.parent, j.route) for j in jobs] == [(2, 0, None, "inline")] * 2 + [
+        (1, 0, None, "inline")]
+    assert seen[-1] == (5, 5) and {t for _, t in seen} == {5}
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen), "progress never goes back"
+
+    seen.clear()
+    again = batch(s, endpoint, run_id="again", total=42, on_progress=lambda done, total: seen.append((done, total)))
+    assert again == BatchOutcome(
+        plan=PlanCounts(docs_seen=5, docs_unchanged=5, chunks_seen=5, chunks_unchanged=5),
+        problems=ProblemLog(), embed=EmbedStats(), status="completed", run_id="again")
+    assert seen == [], "nothing to watch, nothing to report"
+
+
+def test_a_resumed_run_reports_in_flight_chunks_and_deletes_only_once_no_job_is_left(emu, endpoint, tmp_path):
+    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.plan import PlanCounts
+
+    corpus = small_corpus(tmp_path / "c.jsonl", [0, 1, 2, 3, 4])
+    s = settings_for(corpus, tmp_path, "t")
+    assert batch(s, endpoint, run_id="r1").committed_rows == 5
+    small_corpus(corpus, [0, 1, 2, 3, 5])  # d4 removed, d5 added
+    emu.admin.set_batch_config({"running_seconds": 1.0})
+
+    waiting = batch(s, endpoint, run_id="r2", wait_limit_seconds=0.05)
+    key = job_key("t", "r2", 1)
+    assert waiting == BatchOutcome(
+        plan=PlanCounts(docs_seen=5, docs_new=1, docs_unchanged=4, chunks_seen=5, chunks_new=1, chunks_unchanged=4,
+                        tokens_to_embed=tokens_of(s, [5])),
+        problems=ProblemLog(), embed=EmbedStats(), status="waiting", run_id="r2", jobs_created=1,
+        jobs_waiting=[key], chunks_submitted=1)
+    assert "d4#0" in rows(s), "a job is still alive: nothing is deleted yet"
+
+    seen: list[tuple[int, int | None]] = []
+    done = batch(s, endpoint, run_id="r3", on_progress=lambda d, t: seen.append((d, t)))
+    assert done == BatchOutcome(
+        plan=PlanCounts(docs_seen=5, docs_new=1, docs_unchanged=4, docs_deleted=1, chunks_seen=5, chunks_new=1,
+                        chunks_unchanged=4, chunks_stale=1, tokens_to_embed=tokens_of(s, [5])),
+        problems=ProblemLog(), embed=EmbedStats(), status="completed", run_id="r3", committed_rows=1, deleted_rows=1,
+        jobs_resumed=1, jobs_collected=1, chunks_in_flight=1, chunks_embedded_batch=1, batch_tokens=tokens_of(s, [5]))
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0", "d3#0", "d5#0"]
+    assert seen[-1] == (1, 1) and {t for _, t in seen} == {1}
+
+
+def test_a_run_that_fails_keeps_stale_rows(emu, endpoint, tmp_path):
+    corpus = small_corpus(tmp_path / "c.jsonl", [0, 1, 2])
+    s = settings_for(corpus, tmp_path, "t")
+    assert batch(s, endpoint).committed_rows == 3
+    small_corpus(corpus, [0, 1, 3])  # d2 removed, d3 added; d3's job fails and the run with it
+    emu.admin.set_batch_config({"fail_next_jobs": 1})
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, failed_jobs="fail"))
+    assert out.status == "error" and out.jobs_failed == 1 and out.jobs_waiting == []
+    assert (out.committed_rows, out.deleted_rows, out.plan.chunks_stale) == (0, 0, 0)
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0"], "a failed run deletes nothing"
+
+
+# -- polling: backing off, the wait limit and status-read failures ------------------------------------
+#
+# The emulator has no fault for status reads (batches.get), and a refused connection makes the SDK's
+# aiohttp transport wait 1-10 s (random) and retry once by itself. So the status reads go through a
+# gateway in front of the real emulator that answers 503 UNAVAILABLE (Google's body) to the requests
+# its schedule says, and forwards the others.
+
+
+class Gateway:
+    def __init__(self, upstream: str, fails):
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        self.fails, self.requests = fails, 0
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                gateway.requests += 1
+                if gateway.fails(gateway.requests):
+                    status, body = 503, json.dumps({"error": {"code": 503, "status": "UNAVAILABLE",
+                                                              "message": "The service is currently unavailable."}})
+                    body = body.encode()
+                else:
+                    request = urllib.request.Request(upstream + self.path, headers={
+                        k: v for k, v in self.headers.items() if k.lower().startswith("x-goog")})
+                    try:
+                        with urllib.request.urlopen(request, timeout=30) as answer:
+                            status, body = answer.status, answer.read()
+                    except urllib.error.HTTPError as error:
+                        status, body = error.code, error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def gateway(emu):
+    made = []
+
+    def make(fails) -> Endpoint:
+        made.append(Gateway(emu.base_url, fails))
+        return Endpoint(api_key=SecretStr(emu.api_key), base_url=made[-1].url)
+
+    yield make
+    for g in made:
+        g.close()
+
+
+def waiting_job(emu, endpoint, s) -> str:
+    """A run that leaves one live 5-item job in the ledger (the emulator takes a minute over it)."""
+    emu.admin.set_batch_config({"running_seconds": 60})
+    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
+    assert first.status == "waiting" and first.jobs_waiting == [job_key("t", "r1", 1)]
+    return first.jobs_waiting[0]
+
+
+def watch(s, endpoint, wait_limit):
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+    out = asyncio.run(run_batch(s, endpoint, options=BatchOptions(), wait_limit_seconds=wait_limit, run_id="r2",
+                                clock=clock, sleep=clock.sleep))
+    return out, clock
+
+
+def test_polls_back_off_while_idle_and_stop_at_the_wait_limit(emu, endpoint, gateway, tmp_path):
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(5))), tmp_path, "t")
+    key = waiting_job(emu, endpoint, s)
+    out, clock = watch(s, gateway(lambda n: True), 10.0)
+    # 5 items: 2 s, x1.5 per idle round, capped at 5 s; the last sleep ends exactly at the limit
+    assert clock.sleeps == [3.0, 4.5, 2.5] and clock.now == 10.0
+    assert out.status == "waiting" and out.error is None and out.jobs_resumed == 1 and out.jobs_waiting == [key]
+    assert out.chunks_in_flight == 5 and out.jobs_created == 0
+
+
+def test_the_run_gives_up_after_21_status_read_failures_in_a_row_and_keeps_its_jobs(emu, endpoint, gateway,
+                                                                                    tmp_path):
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(5))), tmp_path, "t")
+    key = waiting_job(emu, endpoint, s)
+    out, clock = watch(s, gateway(lambda n: True), None)
+    assert out.status == "error" and out.error.transient and out.error.status == 503
+    assert clock.sleeps == [3.0, 4.5] + [5.0] * 18, "20 failures are waited out, the 21st ends the run"
+    assert out.jobs_waiting == [key] and out.committed_rows == 0
+    (job,) = ledger_of(s).jobs()
+    assert job.live and job.key == key, "the job stays recorded for the next run"
+
+    # one good read starts the count again: 20 failures after it are waited out
+    out, clock = watch(s, gateway(lambda n: n != 1), 2.0 + 3.0 + 4.5 + 5.0 * 17)
+    assert out.status == "waiting" and out.error is None, out.error
+    assert clock.sleeps == [2.0, 3.0, 4.5] + [5.0] * 17
+    assert [j.key for j in ledger_of(s).jobs() if j.live] == [key]
+
+
+# -- parts: the limits reached exactly ----------------------------------------------------------------
+
+
+def test_a_part_may_fill_the_token_cap_and_the_inline_limit_exactly(emu, endpoint, tmp_path):
+    from indexflow.tasks.batch_submit import body_size, inline_body
+
+    corpus = small_corpus(tmp_path / "c.jsonl", [10, 11, 12, 13])  # four chunks of the same size
+    s = settings_for(corpus, tmp_path, "cap")
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    assert len({c.tokens for c in chunks}) == 1
+    cap = 2 * chunks[0].tokens
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_tokens_per_job=cap), run_id="cap")
+    assert out.status == "completed" and out.jobs_created == 2
+    assert [j.items for j in sorted(ledger_of(s).jobs(), key=lambda j: j.part)] == [2, 2], "2 chunks = the cap"
+
+    def route_at(limit: int, table: str) -> str:
+        t = settings_for(corpus, tmp_path, table)
+        size = body_size(inline_body(chunks, t.recipe, job_key(table, "r", 1)))
+        out = batch(t, endpoint, BatchOptions(poll_seconds=0.02, inline_limit_bytes=size + limit), run_id="r")
+        assert out.status == "completed" and out.committed_rows == 4
+        (job,) = ledger_of(t).jobs()
+        return job.route
+
+    assert route_at(0, "exact") == "inline", "a body of exactly the limit goes inline"
+    assert route_at(-1, "over") == "file"
+
+
+def test_a_create_the_server_refuses_makes_no_job_and_closes_the_intent(emu, endpoint, tmp_path):
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1]), tmp_path, "t", model="no-such-model-" + "x" * 600)
+    out = batch(s, endpoint, run_id="r")
+    assert out.status == "error" and isinstance(out.error, ConfigError) and out.error.status == 404
+    assert out.jobs_created == 0 and out.jobs_waiting == [] and emu.admin.stats().get("batches.created", 0) == 0
+    (job,) = ledger_of(s).jobs()
+    assert (job.key, job.state, job.resolution, job.job_name) == (job_key("t", "r", 1), INTENT, "not_created", None)
+    assert len(str(out.error)) > 500 and job.error == str(out.error)[:500] and not job.open
+
+
+def test_the_ledger_says_running_only_once_the_server_does(emu, endpoint, tmp_path):
+    corpus = small_corpus(tmp_path / "c.jsonl", [0, 1])
+    emu.admin.set_batch_config({"pending_seconds": 60, "running_seconds": 60})
+    pending = settings_for(corpus, tmp_path, "pending")
+    assert batch(pending, endpoint, wait_limit_seconds=0.2).status == "waiting"
+    assert [j.state for j in ledger_of(pending).jobs()] == ["CREATED"]
+
+    emu.admin.set_batch_config({"pending_seconds": 0, "running_seconds": 60})
+    running = settings_for(corpus, tmp_path, "running")
+    assert batch(running, endpoint, wait_limit_seconds=0.2).status == "waiting"
+    assert [j.state for j in ledger_of(running).jobs()] == ["RUNNING"]
+
+
+def test_an_intent_that_never_became_a_job_does_not_stop_the_resume_of_the_others(emu, endpoint, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1, 2]), tmp_path, "t")
+    emu.admin.set_batch_config({"running_seconds": 60})
+    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
+    assert first.status == "waiting"
+    chunks = list(corpus_chunks(s, ProblemLog()))
+    crashed = job_key("t", "crashed", 1)  # older than r1's job: resumed first
+    ledger_of(s).record_intent(JobRecord(crashed, "crashed", 1, INTENT, "inline", 1, chunks[0].tokens,
+                                         created_at=datetime.now(timezone.utc) - timedelta(hours=1)), chunks[:1])
+    assert [j.key for j in ledger_of(s).jobs(open_only=True)] == [crashed, job_key("t", "r1", 1)]
+    second = batch(s, endpoint, run_id="r2", wait_limit_seconds=0.05)
+    assert second.status == "waiting" and second.jobs_resumed == 1 and second.jobs_created == 0
+    assert second.jobs_waiting == [job_key("t", "r1", 1)] and second.chunks_in_flight == 3
+    assert ledger_of(s).get(crashed).resolution == "not_created"
+
+
+def test_an_output_file_that_cannot_be_downloaded_stops_the_run_with_an_indexflow_error(emu, endpoint, tmp_path,
+                                                                                        genai_client_for):
+    from indexflow.tasks.batch_results import get_status
+    from indexflow.tasks.gemini import make_client
+
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1]), tmp_path, "t")
+    emu.admin.set_batch_config({"running_seconds": 0.5})
+    first = batch(s, endpoint, BatchOptions(poll_seconds=0.02, inline_limit_bytes=10), wait_limit_seconds=0.05)
+    assert first.status == "waiting"
+    (job,) = ledger_of(s).jobs()
+    assert job.route == "file"
+
+    async def finished():
+        client = make_client(endpoint)
+        deadline = time.monotonic() + 60
+        status = await get_status(client, job.job_name)
+        while not status.done and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            status = await get_status(client, job.job_name)
+        return status
+
+    status = asyncio.run(finished())
+    assert status.state == "SUCCEEDED" and status.output_file
+    genai_client_for(emu).files.delete(name=status.output_file)  # gone before the next run collects it
+    out = batch(s, endpoint)
+    assert out.status == "error" and isinstance(out.error, ConfigError) and out.error.status == 404
+    assert out.committed_rows == 0 and out.jobs_waiting == [job.key], "the job stays for a later run"
