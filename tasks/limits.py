@@ -30,7 +30,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 MINUTE = 60.0
-DAY = 86_400.0
 
 
 @dataclass

@@ -135,7 +135,7 @@ async def embed_resolving(
             )
         except BadRequestError as error:
             if len(part) == 1:
-                failures.append(Failure(part[0], error, attempts.get(id(part[0]), 0)))
+                failures.append(Failure(part[0], error, attempts[id(part[0])]))
                 return
             bisections += 1
             middle = len(part) // 2
@@ -146,7 +146,7 @@ async def embed_resolving(
             bad_rows = getattr(error, "rows", None)
             if bad_rows and len(bad_rows) < len(part):
                 bad = set(bad_rows)
-                failures.extend(Failure(part[i], error, attempts.get(id(part[i]), 0)) for i in sorted(bad))
+                failures.extend(Failure(part[i], error, attempts[id(part[i])]) for i in sorted(bad))
                 await resolve([it for i, it in enumerate(part) if i not in bad])
                 return
             # No row named: the whole answer was unusable (wrong count, malformed). Like any other

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pyarrow as pa
 import pytest
 
 from indexflow.tasks.chunk import Chunk
@@ -96,3 +99,97 @@ def test_open_without_create_names_the_table(tmp_path):
     with pytest.raises(StoreError) as info:
         Ledger.open(str(tmp_path / "db"), "nothing", create=False)
     assert info.value.table == "nothing"
+
+
+# -- exact schemas, whole records, a ledger without its items table -----------------------
+
+UTC = pa.timestamp("us", tz="UTC")
+PK = {b"lance-schema:unenforced-primary-key:position": b"1"}
+
+
+def test_the_jobs_table_has_exactly_the_documented_columns_and_nullability(ledger):
+    expected = pa.schema([
+        pa.field("key", pa.string(), nullable=False, metadata=PK),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("part", pa.int32(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("route", pa.string(), nullable=False),
+        pa.field("items", pa.int32(), nullable=False),
+        pa.field("tokens", pa.int64(), nullable=False),
+        pa.field("created_at", UTC, nullable=False),
+        pa.field("updated_at", UTC, nullable=False),
+        pa.field("job_name", pa.string()),
+        pa.field("input_file", pa.string()),
+        pa.field("output_file", pa.string()),
+        pa.field("parent", pa.string()),
+        pa.field("generation", pa.int32(), nullable=False),
+        pa.field("resolution", pa.string()),
+        pa.field("succeeded", pa.int32(), nullable=False),
+        pa.field("failed", pa.int32(), nullable=False),
+        pa.field("retried_online", pa.int32(), nullable=False),
+        pa.field("dead_lettered", pa.int32(), nullable=False),
+        pa.field("error", pa.string()),
+    ])
+    assert ledger._jobs.schema.equals(expected, check_metadata=True), ledger._jobs.schema
+
+
+def test_the_items_table_has_exactly_the_documented_columns_and_nullability(ledger):
+    expected = pa.schema([
+        pa.field("job_key", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("ordinal", pa.int32(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("tokens", pa.int32(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+    ])
+    assert ledger._items.schema.equals(expected, check_metadata=True), ledger._items.schema
+
+
+def test_a_new_intent_reads_back_whole_with_zero_counts_and_no_name(ledger, tmp_path):
+    recorded = ledger.record_intent(JobRecord("k1", "run1", 2, INTENT, "file", 3, 9), chunks(3))
+    read = Ledger.open(str(tmp_path / "db"), "idx").get("k1")
+    assert read == JobRecord("k1", "run1", 2, INTENT, "file", 3, 9, created_at=recorded.created_at,
+                             updated_at=recorded.updated_at, job_name=None, input_file=None, output_file=None,
+                             parent=None, generation=0, resolution=None, succeeded=0, failed=0, retried_online=0,
+                             dead_lettered=0, error=None)
+
+
+def test_a_record_is_a_snapshot_that_only_update_changes(ledger):
+    record = ledger.record_intent(intent("k1"), [])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.state = CREATED
+    assert ledger.update("k1", state=CREATED).state == CREATED and record.state == INTENT
+
+
+@pytest.fixture
+def without_items(tmp_path) -> Ledger:
+    """A ledger whose items table is gone (dropped by hand, or never written by an older version)."""
+    Ledger.open(str(tmp_path / "db"), "idx").db.drop_table("idx" + ITEMS_SUFFIX)
+    return Ledger.open(str(tmp_path / "db"), "idx", create=False)
+
+
+def test_a_ledger_without_its_items_table_reads_empty_and_prunes_nothing(without_items):
+    assert without_items.items("k") == []
+    assert without_items.covered(["k"]) == {}
+    without_items.forget_items(["k"])
+    assert without_items.prune() == 0
+    assert "idx" + ITEMS_SUFFIX not in set(without_items.db.list_tables().tables)
+
+
+def test_a_ledger_without_its_items_table_gets_it_back_on_the_next_intent(without_items, tmp_path):
+    without_items.record_intent(intent("k1", 2), chunks(2))
+    assert [c.id for c in without_items.items("k1")] == ["d0#0", "d1#0"]
+    assert [c.id for c in Ledger.open(str(tmp_path / "db"), "idx").items("k1")] == ["d0#0", "d1#0"]
+
+
+def test_covered_and_forget_items_reach_every_key_past_a_window_of_500(ledger):
+    # 500 keys without items first: the job with items is the 501st
+    keys = [f"none{i}" for i in range(500)] + ["k"]
+    ledger.record_intent(intent("k", 2), chunks(2))
+    assert ledger.covered(keys) == {"d0#0": ("h0", "k"), "d1#0": ("h1", "k")}
+    ledger.forget_items(keys)
+    assert ledger.items("k") == []

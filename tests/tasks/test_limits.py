@@ -229,3 +229,178 @@ def test_concurrency_gate_blocks_at_the_limit_and_wakes_on_release():
 def test_concurrency_bounds_are_validated():
     with pytest.raises(ConfigError):
         AdaptiveConcurrency(0)
+
+
+# -- boundaries and counters a run reports ----------------------------------------------
+
+
+def test_the_limiter_reports_the_seconds_it_made_callers_wait():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=10)
+    assert rl.waited_seconds == 0.0
+
+    async def scenario():
+        rl.complete(await rl.acquire(10, 1))
+        clock.now = 20.0
+        rl.complete(await rl.acquire(10, 1))  # waits until the first leaves: 40 s
+
+    asyncio.run(scenario())
+    assert rl.waited_seconds == pytest.approx(40.0)
+    assert clock.sleeps == [pytest.approx(40.0)]
+
+
+def test_a_call_of_exactly_a_whole_window_is_admitted():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=20, tpm=500)
+    permit = asyncio.run(rl.acquire(20, 500))
+    assert (permit.requests, permit.tokens, permit.admitted) == (20, 500, 0.0)
+    assert clock.sleeps == []
+
+
+def test_a_call_waits_for_exactly_as_many_finished_calls_as_it_needs():
+    clock = FakeClock()
+    rl = limiter(clock, tpm=1000)
+
+    async def scenario():
+        rl.complete(await rl.acquire(1, 600))  # finished at 0: leaves at 60
+        clock.now = 10.0
+        rl.complete(await rl.acquire(1, 300))  # finished at 10: leaves at 70
+
+    asyncio.run(scenario())
+    assert rl.delay(1, 100, 10.0) == 0.0  # 1000 exactly: fits now
+    assert rl.delay(1, 700, 10.0) == pytest.approx(50.0)  # the first call leaving frees exactly enough
+    assert rl.delay(1, 701, 10.0) == pytest.approx(60.0)  # one token more: the second must leave too
+    assert rl.delay(1, 700, 59.5) == pytest.approx(0.5)  # half a second before the first leaves
+
+
+def test_a_finished_call_leaves_the_window_exactly_one_window_after_it_finished():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=10)
+
+    async def scenario():
+        rl.complete(await rl.acquire(4, 7))
+
+    asyncio.run(scenario())
+    clock.now = 59.999
+    assert rl.in_window == (4, 7)
+    clock.now = 60.0
+    assert rl.in_window == (0, 0)
+
+
+@pytest.mark.parametrize("retry_after, admitted", [(0.5, 0.5), (0.0, 0.0), (-3.0, 0.0), (None, 0.0)])
+def test_a_429_pauses_for_the_delay_the_server_asked_even_under_a_second(retry_after, admitted):
+    clock = FakeClock()
+    rl = limiter(clock)
+    rl.on_rate_limited(retry_after)
+    permit = asyncio.run(rl.acquire(1, 1))
+    assert permit.admitted == pytest.approx(admitted)
+
+
+@pytest.mark.parametrize("maximum, minimum", [(0, 1), (2, 0), (2, 3), (-1, -2)])
+def test_concurrency_bounds_outside_one_to_maximum_are_refused(maximum, minimum):
+    with pytest.raises(ConfigError) as info:
+        AdaptiveConcurrency(maximum, minimum=minimum)
+    assert (info.value.maximum, info.value.minimum) == (maximum, minimum)
+
+
+@pytest.mark.parametrize("maximum, minimum", [(1, 1), (3, 3), (3, 1)])
+def test_concurrency_bounds_within_one_to_maximum_are_accepted(maximum, minimum):
+    gate = AdaptiveConcurrency(maximum, minimum=minimum)
+    assert (gate.limit, gate.maximum, gate.minimum, gate.in_use) == (maximum, maximum, minimum, 0)
+
+
+def test_successes_never_grow_concurrency_past_the_maximum():
+    gate = AdaptiveConcurrency(2, grow_every=1)
+    for _ in range(5):
+        gate.on_success()
+    assert gate.limit == 2
+
+
+def test_growth_needs_limit_successes_after_each_overload_and_each_step():
+    gate = AdaptiveConcurrency(8)
+
+    async def scenario():
+        g = await gate.acquire()
+        gate.on_overload(g)  # 8 -> 4
+        gate.release()
+        limits = []
+        for _ in range(4 + 5):
+            gate.on_success()
+            limits.append(gate.limit)
+        g = await gate.acquire()
+        gate.on_overload(g)  # 6 -> 3; the successes counted so far start over
+        gate.release()
+        for _ in range(3):
+            gate.on_success()
+            limits.append(gate.limit)
+        return limits
+
+    assert asyncio.run(scenario()) == [4, 4, 4, 5, 5, 5, 5, 5, 6, 3, 3, 4]
+    assert gate.shrinks == 2
+
+
+def test_waiters_are_admitted_in_arrival_order_even_after_a_shrink():
+    gate = AdaptiveConcurrency(2)
+    admitted: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await gate.acquire()
+        admitted.append(name)
+
+    async def settle() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    async def scenario():
+        g = await gate.acquire()
+        await gate.acquire()
+        tasks = [asyncio.create_task(waiter(n)) for n in "ABCD"]
+        await settle()
+        gate.on_overload(g)  # limit 1 while two calls are still in flight
+        gate.release()  # one in flight, limit 1: no slot yet
+        await settle()
+        assert admitted == []
+        gate.release()
+        await settle()
+        assert admitted == ["A"]
+        for expected in (["A", "B"], ["A", "B", "C"], ["A", "B", "C", "D"]):
+            gate.release()
+            await settle()
+            assert admitted == expected
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_waiter_cancelled_after_its_wake_up_passes_the_slot_on():
+    gate = AdaptiveConcurrency(1)
+
+    async def scenario():
+        await gate.acquire()
+        first = asyncio.create_task(gate.acquire())
+        second = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        gate.release()  # wakes `first` ...
+        first.cancel()  # ... which is cancelled before it runs
+        await asyncio.wait_for(second, 5)
+        await asyncio.gather(first, return_exceptions=True)
+        return first.cancelled(), gate.in_use
+
+    assert asyncio.run(scenario()) == (True, 1)
+
+
+def test_a_waiter_cancelled_while_queued_leaves_the_queue():
+    gate = AdaptiveConcurrency(1)
+
+    async def scenario():
+        await gate.acquire()
+        first = asyncio.create_task(gate.acquire())
+        second = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        gate.release()
+        await asyncio.wait_for(second, 5)
+        return first.cancelled(), gate.in_use
+
+    assert asyncio.run(scenario()) == (True, 1)

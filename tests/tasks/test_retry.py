@@ -18,7 +18,7 @@ from indexflow.tasks.errors import (
 )
 from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.retry import RetryPolicy, call_with_retries, embed_resolving
-from indexflow.tasks.settings import Limits
+from indexflow.tasks.settings import Limits, Settings
 from tests.fakes import FakeClock
 
 
@@ -186,3 +186,67 @@ def test_terminal_errors_other_than_400_propagate():
 
     with pytest.raises(AuthError):
         resolve([1, 2], auth_fails)
+
+
+# -- documented defaults, boundaries, bad responses -----------------------------------------
+
+
+def test_the_default_policy_is_the_one_a_run_with_default_settings_uses():
+    settings = Settings(corpus="data/corpus")
+    policy = RetryPolicy()
+    assert (policy.max_attempts, policy.max_elapsed) == (8, 900.0)
+    assert (policy.max_attempts, policy.max_elapsed) == (settings.max_attempts, settings.max_retry_seconds)
+
+
+def test_default_backoff_starts_under_half_a_second_and_is_capped_at_a_minute():
+    policy = RetryPolicy(rng=random.Random(11))
+    error = TransientAPIError("503", status=503)
+    first = [policy.delay(1, error) for _ in range(500)]
+    late = [policy.delay(12, error) for _ in range(500)]  # 0.5 * 2**11 = 1024 s uncapped
+    assert all(0.0 <= d <= 0.5 for d in first) and max(first) > 0.49
+    assert all(0.0 <= d <= 60.0 for d in late) and max(late) > 59.0
+
+
+def test_a_short_retry_after_gets_a_tenth_of_itself_plus_10_ms_of_jitter():
+    policy = RetryPolicy(rng=random.Random(12))
+    error = RateLimitedError("429", status=429, retry_after=1.0)
+    samples = [policy.delay(1, error) for _ in range(500)]
+    assert all(1.0 <= s <= 1.11 for s in samples)  # min(0.5, 1.0 * 0.1 + 0.01)
+    assert max(samples) > 1.10
+
+
+def test_a_sleep_that_ends_exactly_at_the_elapsed_bound_is_still_taken():
+    clock = FakeClock()
+    fn = Flaky(*[RateLimitedError("429", status=429, retry_after=50.0)] * 10)
+    with pytest.raises(RateLimitedError):  # no jitter: base_delay 0
+        run(fn, RetryPolicy(max_attempts=10, max_elapsed=100.0, base_delay=0.0, rng=random.Random(13)), clock)
+    assert fn.calls == 3 and clock.sleeps == [50.0, 50.0] and clock.now == 100.0
+
+
+def test_a_bad_response_naming_no_row_ends_the_stage_after_its_retries():
+    calls = []
+
+    async def malformed(items):
+        calls.append(list(items))
+        raise BadResponseError("wrong count")
+
+    with pytest.raises(BadResponseError):
+        resolve([1, 2, 3], malformed, max_attempts=2)
+    assert calls == [[1, 2, 3]] * 2
+
+
+def test_a_bad_response_naming_every_row_ends_the_stage_instead_of_dead_lettering_all():
+    embedder = FakeEmbedder(bad_row_items={1, 2})
+    with pytest.raises(BadResponseError) as info:
+        resolve([1, 2], embedder, max_attempts=2)
+    assert info.value.rows == [0, 1]
+    assert embedder.calls == [[1, 2]] * 2
+
+
+def test_failures_report_how_many_calls_carried_each_item():
+    embedder = FakeEmbedder(bad={2}, bad_row_items={4})
+    outcome = resolve([1, 2, 3, 4], embedder, max_attempts=2)
+    # [1,2,3,4] 400 -> [1,2] 400 -> [1] ok, [2] 400; [3,4] bad row 4 twice -> [3] ok
+    assert [(f.item, type(f.error), f.attempts) for f in outcome.failures] == [
+        (2, BadRequestError, 3), (4, BadResponseError, 3)]
+    assert outcome.items == [1, 3] and outcome.bisections == 2
