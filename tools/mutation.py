@@ -19,19 +19,21 @@ How a run goes:
          of seven, a number n becomes n + 1 (not also n - 1);
        - outside the target's `scope`, when it names the definitions that carry the guarantee.
   3. Mutants run in a seeded random order across all targets, so a run cut short by the budget
-     still measures every module on an unbiased sample. Each mutant is written into its file in
-     place (cosmic-ray's `use_mutation`, which puts the original back) and judged by the tests
+     still measures every module on an unbiased sample. --jobs shards (one per CPU) judge them
+     side by side: each is a scratch copy of the worktree under .mutation/shards/ with its own
+     .venv (hard links; the editable install points at the copy). Each mutant is written into its
+     shard's file (cosmic-ray's `use_mutation`, which puts the original back) and judged by the tests
      that execute the mutated statement: fastest first, up to TEST_CAP seconds of their clean
-     duration, with -x, in a child forked from a warm pytest process. A run past TIMEOUT_FACTOR x
-     that duration + TIMEOUT_FLOOR is killed, and the mutant counts as killed by timeout. A mutant
+     duration, with -x, in a child forked from the shard's warm pytest process. A run past
+     TIMEOUT_FACTOR x that duration x the number of shards + TIMEOUT_FLOOR is killed, and the mutant counts as killed by timeout. A mutant
      whose statement no test executes survives unrun; one in code that runs at import time
      (constants, defaults, decorators, dataclass fields) may matter to any test of the target.
   4. The score per target (killed / (run - equivalent)) and every survivor are printed and written
      to .mutation/report.md; survivors listed in tools/mutation_equivalents.toml are reported as
      equivalent, with the reason, the others as to kill.
 
-One mutant at a time: a mutant on disk is seen by every process, so two at once would judge each
-other. cosmic-ray runs in its own venv (.venv-mutation) because its dependency aiohttp, installed
+One mutant per shard: a mutant on disk is seen by every process that imports it, so two in one
+tree would judge each other; the worktree itself is never mutated. cosmic-ray runs in its own venv (.venv-mutation) because its dependency aiohttp, installed
 in .venv, changes google-genai's async transport under the tests.
 """
 
@@ -44,6 +46,7 @@ import difflib
 import fcntl
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -51,6 +54,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections import Counter
@@ -252,10 +256,19 @@ def init_session(target: Target, db: WorkDB) -> Counter[str]:
 class Runner:
     """tools/mutation_runner.py in .venv: a warm pytest process that forks a child per test run."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([str(VENV_PYTHON), str(ROOT / "tools" / "mutation_runner.py")], cwd=ROOT,
+    def __init__(self, root: Path = ROOT) -> None:
+        self.root = root
+        self.proc = subprocess.Popen([str(root / ".venv" / "bin" / "python"), str(root / "tools" / "mutation_runner.py")],
+                                     cwd=root,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self._answer()
+        self._ready = False
+
+    def wait_ready(self) -> Runner:
+        """Wait until the runner has imported what every child shares (started in parallel, awaited here)."""
+        if not self._ready:
+            self._answer()
+            self._ready = True
+        return self
 
     def _answer(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -266,6 +279,7 @@ class Runner:
 
     def pytest(self, args: Sequence[str], *, timeout: float, log: Path, coverage_of: Sequence[Path] = (),
                map_out: Path | None = None) -> dict[str, Any]:
+        self.wait_ready()
         request: dict[str, Any] = {"args": [*PYTEST_ARGS, *args], "timeout": timeout, "log": str(log)}
         if map_out is not None:
             request["map"] = {"sources": [str(p) for p in coverage_of], "out": str(map_out)}
@@ -277,7 +291,11 @@ class Runner:
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # stopped mid-mutant: the runner kills its child's whole group
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
 
 
 @dataclass(frozen=True)
@@ -366,69 +384,56 @@ def forget_bytecode(module: Path) -> None:
         pyc.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def backups(targets: Sequence[Target]) -> Iterator[None]:
-    """Copies of the targets while mutants are on disk, so a run killed mid-mutant can be repaired."""
-    copies = [(ROOT / t.path, OUT / "inflight" / t.path) for t in targets]
-    for source, copy in copies:
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, copy)
-    try:
-        yield
-    finally:  # an exception or SIGTERM unwinds through use_mutation, which has put the original back
-        for _, copy in copies:
-            copy.unlink(missing_ok=True)
+def make_shard(k: int) -> Path:
+    """A scratch copy of the worktree where mutants are written: its files (real copies, which a
+    mutant overwrites) and .venv (hard links, with the editable install and scripts pointed at the copy).
 
-
-def _committed(path: Path) -> bytes | None:
-    """The file as git's HEAD has it, or None outside a git checkout."""
-    result = subprocess.run(["git", "-C", str(ROOT), "show", f"HEAD:{path.relative_to(ROOT).as_posix()}"],
-                            capture_output=True)
-    return result.stdout if result.returncode == 0 else None
-
-
-def _changed_lines(before: bytes, after: bytes) -> int:
-    diff = difflib.unified_diff(before.decode(errors="replace").splitlines(),
-                                after.decode(errors="replace").splitlines(), lineterm="", n=0)
-    return sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
-
-
-def restore_interrupted() -> None:
-    """Put back any file a killed run left mutated (cosmic-ray restores on exceptions, not on SIGKILL).
-
-    Only a file that still looks like a mutant is restored: one that differs from its copy in a
-    changed line or two and is not what git has committed. Anything else is someone's edit since.
-    """
-    inflight = OUT / "inflight"
-    for copy in inflight.rglob("*.py") if inflight.exists() else ():
-        original = ROOT / copy.relative_to(inflight)
-        current, saved = original.read_bytes(), copy.read_bytes()
-        if current != saved:
-            if current != _committed(original) and _changed_lines(saved, current) <= 4:
-                print(f"mutation: restoring {original.relative_to(ROOT)}, left mutated by an interrupted run")
-                shutil.copy2(copy, original)
-                forget_bytecode(original)
-            else:
-                print(f"mutation: {original.relative_to(ROOT)} was edited since an interrupted run; left as it is")
-        copy.unlink()
+    Every process a test starts imports the shard's code, so shards judge mutants side by side and
+    the worktree itself is never mutated."""
+    dest = OUT / "shards" / str(k)
+    if dest.exists():
+        shutil.rmtree(dest)
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file() and not source.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    venv = dest / ".venv"
+    subprocess.run(["cp", "-al", str(ROOT / ".venv"), str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    old, new = str(ROOT).encode(), str(dest).encode()
+    for path in [*(venv / "bin").iterdir(), *site.glob("__editable__*"), *site.glob("*.pth")]:
+        if path.is_file() and not path.is_symlink() and old in (text := path.read_bytes()):
+            mode = path.stat().st_mode
+            path.unlink()  # a new file, not a write through the hard link into .venv
+            path.write_bytes(text.replace(old, new))
+            path.chmod(mode)
+    for pyc in (site / "__pycache__").glob("__editable__*"):
+        pyc.unlink()
+    return dest
 
 
 def diff_of(original: str, mutated: str) -> str:
     return "\n".join(difflib.unified_diff(original.split("\n"), mutated.split("\n"), lineterm="", n=0))
 
 
-def test_mutant(runner: Runner, spec: MutationSpec, selection: Selection) -> WorkResult:
-    """Write the mutant to disk (cosmic-ray), run its tests, put the original back."""
+def test_mutant(runner: Runner, spec: MutationSpec, selection: Selection, slowdown: float = 1.0) -> WorkResult:
+    """Write the mutant into the runner's shard (cosmic-ray), run its tests, put the original back.
+    `slowdown`: how many shards share the machine, which stretches every test's duration."""
     operator = cosmic_ray.plugins.get_operator(spec.operator_name)(**spec.operator_args)
+    module = runner.root / spec.module_path
     try:
-        with use_mutation(spec.module_path, operator, spec.occurrence) as (original, mutated):
+        with use_mutation(module, operator, spec.occurrence) as (original, mutated):
             if mutated is None:
                 return WorkResult(worker_outcome=WorkerOutcome.NO_TEST)
-            forget_bytecode(spec.module_path)
-            timeout = TIMEOUT_FLOOR + TIMEOUT_FACTOR * selection.seconds
-            answer = runner.pytest(["-x", *selection.tests], timeout=timeout, log=OUT / "last-mutant.log")
+            forget_bytecode(module)
+            timeout = TIMEOUT_FLOOR + TIMEOUT_FACTOR * slowdown * selection.seconds
+            answer = runner.pytest(["-x", *selection.tests], timeout=timeout,
+                                   log=OUT / f"last-mutant-{runner.root.name}.log")
     finally:
-        forget_bytecode(spec.module_path)
+        forget_bytecode(module)
     capped = f"; {selection.capped} {CAPPED}" if selection.capped else ""
     if answer["timeout"]:
         return WorkResult(worker_outcome=WorkerOutcome.NORMAL, test_outcome=TestOutcome.KILLED,
@@ -503,7 +508,7 @@ class Score:
 CAPPED = "slower covering tests not run"
 
 
-def run_all(targets: Sequence[Target], dbs: dict[Target, WorkDB], runner: Runner, test_map: TestMap,
+def run_all(targets: Sequence[Target], dbs: dict[Target, WorkDB], runners: Sequence[Runner], test_map: TestMap,
             deadline: float | None, *, recheck: bool = False) -> None:
     """Judge every pending mutant, in a seeded random order across targets, until the deadline.
     With `recheck`, judge again instead the survivors whose slower covering tests were not run, with all of them."""
@@ -524,16 +529,39 @@ def run_all(targets: Sequence[Target], dbs: dict[Target, WorkDB], runner: Runner
         else:
             plans.append((target, item, selection))
     started = time.monotonic()
-    with backups(targets):
-        for n, (target, item, selection) in enumerate(plans, 1):
-            if deadline is not None and time.monotonic() > deadline:
-                print(f"budget reached: {len(plans) - n + 1} of {len(plans)} mutants not run", flush=True)
-                break
-            spec = item.mutations[0]
-            result = test_mutant(runner, spec, selection)
-            dbs[target].set_result(item.job_id, result)
-            print(f"  [{n}/{len(plans)} {time.monotonic() - started:4.0f}s] {target.path}:{spec.start_pos[0]} "
-                  f"{_operator(spec)}: {verdict(result)}", flush=True)
+    todo: queue.SimpleQueue[tuple[Target, WorkItem, Selection]] = queue.SimpleQueue()
+    for plan in plans:
+        todo.put(plan)
+    done: queue.SimpleQueue[tuple[Target, WorkItem, WorkResult] | None] = queue.SimpleQueue()
+
+    def judge(runner: Runner) -> None:  # one thread per shard; results are written by the main thread
+        try:
+            while deadline is None or time.monotonic() <= deadline:
+                try:
+                    target, item, selection = todo.get_nowait()
+                except queue.Empty:
+                    return
+                done.put((target, item, test_mutant(runner, item.mutations[0], selection, len(runners))))
+        finally:
+            done.put(None)
+
+    threads = [threading.Thread(target=judge, args=(r,), daemon=True) for r in runners]
+    for thread in threads:
+        thread.start()
+    finished, n = 0, 0
+    while finished < len(threads):
+        got = done.get()
+        if got is None:
+            finished += 1
+            continue
+        target, item, result = got
+        n += 1
+        dbs[target].set_result(item.job_id, result)
+        spec = item.mutations[0]
+        print(f"  [{n}/{len(plans)} {time.monotonic() - started:4.0f}s] {target.path}:{spec.start_pos[0]} "
+              f"{_operator(spec)}: {verdict(result)}", flush=True)
+    if n < len(plans):
+        print(f"budget reached: {len(plans) - n} of {len(plans)} mutants not run", flush=True)
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -617,7 +645,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with every test that executes them")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: report the last run again (after editing mutation_equivalents.toml)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="mutants judged at once, each in its own scratch copy of the worktree "
+                             "(default: one per CPU)")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     known = {t.path: t for t in TARGETS}
     unknown = [m for m in args.modules if m not in known]
     if unknown:
@@ -630,9 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SystemExit("mutation: another run is using this worktree (.mutation/lock)") from None
-    # SIGTERM (make interrupted, a CI limit) unwinds like Ctrl-C, so the mutated file is put back.
+    # SIGTERM (make interrupted, a CI limit) unwinds like Ctrl-C: the runners and their tests are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    restore_interrupted()
     started = time.monotonic()
     deadline = started + 60 * args.budget if args.budget > 0 else None
     scores = {t: Score(t) for t in targets}
@@ -651,18 +683,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scores[t].tally(dbs[t])
             print("\n".join(count_report(list(scores.values()))))
             return 0
-        runner = Runner() if not args.report else None
-        try:
+        if not args.report:
             saved = OUT / "testmap.json"
-            if runner is not None:
-                mapped = OUT / "testmap.targets"  # a map made for fewer modules knows no tests of the others
-                reuse = ((args.resume or args.recheck) and saved.exists() and mapped.exists()
-                         and {t.path for t in targets} <= set(mapped.read_text().split()))
-                test_map = TestMap.load(saved) if reuse else TestMap.measure(runner, targets)
-                run_all(targets, dbs, runner, test_map, deadline, recheck=args.recheck)
-        finally:
-            if runner is not None:
-                runner.close()
+            mapped = OUT / "testmap.targets"  # a map made for fewer modules knows no tests of the others
+            reuse = ((args.resume or args.recheck) and saved.exists() and mapped.exists()
+                     and {t.path for t in targets} <= set(mapped.read_text().split()))
+            if reuse:
+                test_map = TestMap.load(saved)
+            else:
+                runner = Runner()  # the map is made in the worktree itself, on the unmutated code
+                try:
+                    test_map = TestMap.measure(runner, targets)
+                finally:
+                    runner.close()
+            print(f"judging mutants in {args.jobs} shard(s) under {OUT / 'shards'} ...", flush=True)
+            runners: list[Runner] = []
+            try:
+                for k in range(1, args.jobs + 1):
+                    runners.append(Runner(make_shard(k)))
+                for runner in runners:
+                    runner.wait_ready()
+                run_all(targets, dbs, runners, test_map, deadline, recheck=args.recheck)
+            finally:
+                for runner in runners:
+                    runner.close()
         for t in targets:
             scores[t].tally(dbs[t])
     elapsed = _minutes(time.monotonic() - started)

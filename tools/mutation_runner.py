@@ -117,6 +117,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    # SIGTERM unwinds run()'s `finally`, which kills the child's process group: nothing is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # LanceDB warns at every fork that forking is experimental: its runtime is reset in the child,
     # and the only risk is a fork while it is mid-operation. This process never uses it, only imports it.
     warnings.filterwarnings("ignore", message="lancedb fork support is experimental")
