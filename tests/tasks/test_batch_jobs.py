@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -859,3 +860,98 @@ def test_an_output_file_that_cannot_be_downloaded_stops_the_run_with_an_indexflo
     out = batch(s, endpoint)
     assert out.status == "error" and isinstance(out.error, ConfigError) and out.error.status == 404
     assert out.committed_rows == 0 and out.jobs_waiting == [job.key], "the job stays for a later run"
+
+
+# -- dead letters across jobs and across routes ---------------------------------------------------------
+
+
+def with_big_doc(path: Path, ids: list[int]) -> Path:
+    """small_corpus(ids) plus document "big": one chunk the emulator's tokenizer counts at over 300 tokens."""
+    small_corpus(path, ids)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    with open(path, "a") as f:
+        f.write(json.dumps({"id": "big", "title": "Big", "text": " ".join(words[j % 12] + str(j) for j in range(200))})
+                + "\n")
+    return path
+
+
+def wait_until_done(endpoint: Endpoint, job_name: str) -> None:
+    from indexflow.tasks.batch_results import get_status
+    from indexflow.tasks.gemini import make_client
+
+    async def poll():
+        client = make_client(endpoint)
+        deadline = time.monotonic() + 60
+        while not (status := await get_status(client, job_name)).done:
+            assert time.monotonic() < deadline, "the job never finished"
+            await asyncio.sleep(0.05)
+        assert status.state == "SUCCEEDED"
+
+    asyncio.run(poll())
+
+
+def test_the_report_lists_the_first_20_failures_across_jobs(emu, endpoint, tmp_path):
+    emu.admin.set_batch_config({"item_failure_rate": 1.0})
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(30))), tmp_path, "t")
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_items_per_job=15, item_errors="dead_letter"))
+    assert out.status == "completed" and out.jobs_collected == 2
+    assert out.dead_lettered == 30 == VectorStore.open(s.db_uri, s.table, create=False).count_dead_letters()
+    assert len(out.failures) == 20, "15 from the first job, then 5 from the second: 20 in all"
+    assert [j.dead_lettered for j in ledger_of(s).jobs()] == [15, 15]
+
+
+def test_item_errors_that_fail_online_too_are_dead_lettered_and_logged(emu, endpoint, tmp_path, caplog):
+    s = settings_for(with_big_doc(tmp_path / "c.jsonl", [0, 1, 2, 3]), tmp_path, "t")
+    emu.admin.set_batch_config({"item_failure_rate": 1.0, "running_seconds": 0.5})
+    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
+    assert first.status == "waiting" and first.chunks_submitted == 5
+    # Every item fails in the job (code 13, worth retrying online); online, "big" is now too long (400).
+    emu.admin.set_config(max_input_tokens=300)
+    key = job_key("t", "r1", 1)
+    with caplog.at_level(logging.INFO, logger="indexflow.batch"):
+        out = batch(s, endpoint, run_id="r2")
+    assert out.status == "completed" and out.item_failures == 5 and out.jobs_collected == 1
+    assert out.retried_online == 4 and out.dead_lettered == 1
+    assert f"collected {key}: 0 written, 4 retried online, 1 dead-lettered" in caplog.messages
+    job = ledger_of(s).get(key)
+    assert (job.state, job.retried_online, job.dead_lettered) == (COLLECTED, 4, 1)
+    assert [d.chunk_id for d in VectorStore.open(s.db_uri, s.table, create=False).dead_letters()] == ["big#0"]
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0", "d3#0"]
+
+
+def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_others(emu, endpoint, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from indexflow.tasks.ledger import FAILED
+    from tests.fakes import FakeClock
+
+    corpus = small_corpus(tmp_path / "c.jsonl", [1, 2])
+    s = settings_for(corpus, tmp_path, "t")
+    emu.admin.set_batch_config({"running_seconds": 0.3})
+    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
+    assert first.status == "waiting"
+    (live,) = ledger_of(s).jobs()
+    wait_until_done(endpoint, live.job_name)  # SUCCEEDED on the server: the first poll collects it
+
+    # A job of an earlier run that ended FAILED, its recovery never done (a crash): d0 and "big".
+    with_big_doc(corpus, [0, 1, 2])
+    lost = [c for c in corpus_chunks(s, ProblemLog()) if c.doc_id in ("d0", "big")]
+    failed = job_key("t", "crashed", 1)
+    ledger = ledger_of(s)
+    ledger.record_intent(JobRecord(failed, "crashed", 1, INTENT, "inline", 2, sum(c.tokens for c in lost),
+                                   created_at=datetime.now(timezone.utc) - timedelta(hours=1)), lost)
+    ledger.update(failed, state=FAILED, job_name="batches/lost", error="lost")
+    emu.admin.set_config(max_input_tokens=300)  # online, "big" is refused (400): it is dead-lettered
+
+    clock = FakeClock()
+    out = asyncio.run(run_batch(s, endpoint, options=BatchOptions(failed_jobs="online"), wait_limit_seconds=600,
+                                run_id="r2", clock=clock, sleep=clock.sleep))
+    assert out.status == "completed" and out.error is None
+    assert (out.jobs_resumed, out.jobs_failed, out.jobs_collected, out.jobs_created) == (2, 1, 1, 0)
+    assert clock.sleeps == [], "the live job is polled (and collected) in the same round as the recovery"
+    assert out.chunks_in_flight == 4 and out.online_fallback_chunks == 2 and out.dead_lettered == 1
+    assert out.embed.embedded == 1 and out.embed.dead_lettered == 1 and out.embed.calls >= 1
+    assert out.embed.max_reader_lead == 0 and out.embed.reader_lead_bound == 0, "not a sum across online parts"
+    job = ledger_of(s).get(failed)
+    assert (job.resolution, job.retried_online, job.dead_lettered) == ("online", 1, 1)
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0"]
