@@ -890,6 +890,23 @@ def wait_until_done(endpoint: Endpoint, job_name: str) -> None:
     asyncio.run(poll())
 
 
+def recorded_finished_job(emu, endpoint, s: Settings, run_id: str, chunks, client) -> str:
+    """A job of an earlier run, as that run left it: created on the server, recorded in the ledger, not
+    collected; it has SUCCEEDED on the server by the time this returns (no race with a first run's poll)."""
+    key = job_key(s.table, run_id, 1)
+    uploaded = client.files.upload(file=io.BytesIO(jsonl_input(chunks, s.recipe)), config={"mime_type": "jsonl"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        job = client.batches.create_embeddings(model=s.model, src={"file_name": uploaded.name},
+                                               config={"display_name": key})
+    ledger = Ledger.open(s.db_uri, s.table)
+    ledger.record_intent(JobRecord(key, run_id, 1, INTENT, "file", len(chunks), sum(c.tokens for c in chunks),
+                                   input_file=uploaded.name), chunks)
+    ledger.update(key, state="CREATED", job_name=job.name)
+    wait_until_done(endpoint, job.name)
+    return key
+
+
 def test_the_report_lists_the_first_20_failures_across_jobs(emu, endpoint, tmp_path):
     emu.admin.set_batch_config({"item_failure_rate": 1.0})
     s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(30))), tmp_path, "t")
@@ -900,14 +917,14 @@ def test_the_report_lists_the_first_20_failures_across_jobs(emu, endpoint, tmp_p
     assert [j.dead_lettered for j in ledger_of(s).jobs()] == [15, 15]
 
 
-def test_item_errors_that_fail_online_too_are_dead_lettered_and_logged(emu, endpoint, tmp_path, caplog):
+def test_item_errors_that_fail_online_too_are_dead_lettered_and_logged(emu, endpoint, tmp_path, caplog,
+                                                                       genai_client_for):
     s = settings_for(with_big_doc(tmp_path / "c.jsonl", [0, 1, 2, 3]), tmp_path, "t")
-    emu.admin.set_batch_config({"item_failure_rate": 1.0, "running_seconds": 0.5})
-    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
-    assert first.status == "waiting" and first.chunks_submitted == 5
-    # Every item fails in the job (code 13, worth retrying online); online, "big" is now too long (400).
+    open_store(s)
+    emu.admin.set_batch_config({"item_failure_rate": 1.0})
+    key = recorded_finished_job(emu, endpoint, s, "r1", list(corpus_chunks(s, ProblemLog())), genai_client_for(emu))
+    # Every item failed in the job (code 13, worth retrying online); online, "big" is now too long (400).
     emu.admin.set_config(max_input_tokens=300)
-    key = job_key("t", "r1", 1)
     with caplog.at_level(logging.INFO, logger="indexflow.batch"):
         out = batch(s, endpoint, run_id="r2")
     assert out.status == "completed" and out.item_failures == 5 and out.jobs_collected == 1
@@ -919,7 +936,8 @@ def test_item_errors_that_fail_online_too_are_dead_lettered_and_logged(emu, endp
     assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0", "d3#0"]
 
 
-def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_others(emu, endpoint, tmp_path):
+def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_others(emu, endpoint, tmp_path,
+                                                                                    genai_client_for):
     from datetime import datetime, timedelta, timezone
 
     from indexflow.tasks.ledger import FAILED
@@ -927,11 +945,9 @@ def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_oth
 
     corpus = small_corpus(tmp_path / "c.jsonl", [1, 2])
     s = settings_for(corpus, tmp_path, "t")
-    emu.admin.set_batch_config({"running_seconds": 0.3})
-    first = batch(s, endpoint, run_id="r1", wait_limit_seconds=0.05)
-    assert first.status == "waiting"
-    (live,) = ledger_of(s).jobs()
-    wait_until_done(endpoint, live.job_name)  # SUCCEEDED on the server: the first poll collects it
+    open_store(s)
+    # SUCCEEDED on the server, recorded live: the run's first poll collects it
+    recorded_finished_job(emu, endpoint, s, "r1", list(corpus_chunks(s, ProblemLog())), genai_client_for(emu))
 
     # A job of an earlier run that ended FAILED, its recovery never done (a crash): d0 and "big".
     with_big_doc(corpus, [0, 1, 2])
