@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -859,3 +860,114 @@ def test_an_output_file_that_cannot_be_downloaded_stops_the_run_with_an_indexflo
     out = batch(s, endpoint)
     assert out.status == "error" and isinstance(out.error, ConfigError) and out.error.status == 404
     assert out.committed_rows == 0 and out.jobs_waiting == [job.key], "the job stays for a later run"
+
+
+# -- dead letters across jobs and across routes ---------------------------------------------------------
+
+
+def with_big_doc(path: Path, ids: list[int]) -> Path:
+    """small_corpus(ids) plus document "big": one chunk the emulator's tokenizer counts at over 300 tokens."""
+    small_corpus(path, ids)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    with open(path, "a") as f:
+        f.write(json.dumps({"id": "big", "title": "Big", "text": " ".join(words[j % 12] + str(j) for j in range(200))})
+                + "\n")
+    return path
+
+
+def wait_until_done(endpoint: Endpoint, job_name: str) -> None:
+    from indexflow.tasks.batch_results import get_status
+    from indexflow.tasks.gemini import make_client
+
+    async def poll():
+        client = make_client(endpoint)
+        deadline = time.monotonic() + 60
+        while not (status := await get_status(client, job_name)).done:
+            assert time.monotonic() < deadline, "the job never finished"
+            await asyncio.sleep(0.05)
+        assert status.state == "SUCCEEDED"
+
+    asyncio.run(poll())
+
+
+def recorded_finished_job(emu, endpoint, s: Settings, run_id: str, chunks, client) -> str:
+    """A job of an earlier run, as that run left it: created on the server, recorded in the ledger, not
+    collected; it has SUCCEEDED on the server by the time this returns (no race with a first run's poll)."""
+    key = job_key(s.table, run_id, 1)
+    uploaded = client.files.upload(file=io.BytesIO(jsonl_input(chunks, s.recipe)), config={"mime_type": "jsonl"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        job = client.batches.create_embeddings(model=s.model, src={"file_name": uploaded.name},
+                                               config={"display_name": key})
+    ledger = Ledger.open(s.db_uri, s.table)
+    ledger.record_intent(JobRecord(key, run_id, 1, INTENT, "file", len(chunks), sum(c.tokens for c in chunks),
+                                   input_file=uploaded.name), chunks)
+    ledger.update(key, state="CREATED", job_name=job.name)
+    wait_until_done(endpoint, job.name)
+    return key
+
+
+def test_the_report_lists_the_first_20_failures_across_jobs(emu, endpoint, tmp_path):
+    emu.admin.set_batch_config({"item_failure_rate": 1.0})
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(30))), tmp_path, "t")
+    out = batch(s, endpoint, BatchOptions(poll_seconds=0.02, max_items_per_job=15, item_errors="dead_letter"))
+    assert out.status == "completed" and out.jobs_collected == 2
+    assert out.dead_lettered == 30 == VectorStore.open(s.db_uri, s.table, create=False).count_dead_letters()
+    assert len(out.failures) == 20, "15 from the first job, then 5 from the second: 20 in all"
+    assert [j.dead_lettered for j in ledger_of(s).jobs()] == [15, 15]
+
+
+def test_item_errors_that_fail_online_too_are_dead_lettered_and_logged(emu, endpoint, tmp_path, caplog,
+                                                                       genai_client_for):
+    s = settings_for(with_big_doc(tmp_path / "c.jsonl", [0, 1, 2, 3]), tmp_path, "t")
+    open_store(s)
+    emu.admin.set_batch_config({"item_failure_rate": 1.0})
+    key = recorded_finished_job(emu, endpoint, s, "r1", list(corpus_chunks(s, ProblemLog())), genai_client_for(emu))
+    # Every item failed in the job (code 13, worth retrying online); online, "big" is now too long (400).
+    emu.admin.set_config(max_input_tokens=300)
+    with caplog.at_level(logging.INFO, logger="indexflow.batch"):
+        out = batch(s, endpoint, run_id="r2")
+    assert out.status == "completed" and out.item_failures == 5 and out.jobs_collected == 1
+    assert out.retried_online == 4 and out.dead_lettered == 1
+    assert f"collected {key}: 0 written, 4 retried online, 1 dead-lettered" in caplog.messages
+    job = ledger_of(s).get(key)
+    assert (job.state, job.retried_online, job.dead_lettered) == (COLLECTED, 4, 1)
+    assert [d.chunk_id for d in VectorStore.open(s.db_uri, s.table, create=False).dead_letters()] == ["big#0"]
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0", "d3#0"]
+
+
+def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_others(emu, endpoint, tmp_path,
+                                                                                    genai_client_for):
+    from datetime import datetime, timedelta, timezone
+
+    from indexflow.tasks.ledger import FAILED
+    from tests.fakes import FakeClock
+
+    corpus = small_corpus(tmp_path / "c.jsonl", [1, 2])
+    s = settings_for(corpus, tmp_path, "t")
+    open_store(s)
+    # SUCCEEDED on the server, recorded live: the run's first poll collects it
+    recorded_finished_job(emu, endpoint, s, "r1", list(corpus_chunks(s, ProblemLog())), genai_client_for(emu))
+
+    # A job of an earlier run that ended FAILED, its recovery never done (a crash): d0 and "big".
+    with_big_doc(corpus, [0, 1, 2])
+    lost = [c for c in corpus_chunks(s, ProblemLog()) if c.doc_id in ("d0", "big")]
+    failed = job_key("t", "crashed", 1)
+    ledger = ledger_of(s)
+    ledger.record_intent(JobRecord(failed, "crashed", 1, INTENT, "inline", 2, sum(c.tokens for c in lost),
+                                   created_at=datetime.now(timezone.utc) - timedelta(hours=1)), lost)
+    ledger.update(failed, state=FAILED, job_name="batches/lost", error="lost")
+    emu.admin.set_config(max_input_tokens=300)  # online, "big" is refused (400): it is dead-lettered
+
+    clock = FakeClock()
+    out = asyncio.run(run_batch(s, endpoint, options=BatchOptions(failed_jobs="online"), wait_limit_seconds=600,
+                                run_id="r2", clock=clock, sleep=clock.sleep))
+    assert out.status == "completed" and out.error is None
+    assert (out.jobs_resumed, out.jobs_failed, out.jobs_collected, out.jobs_created) == (2, 1, 1, 0)
+    assert clock.sleeps == [], "the live job is polled (and collected) in the same round as the recovery"
+    assert out.chunks_in_flight == 4 and out.online_fallback_chunks == 2 and out.dead_lettered == 1
+    assert out.embed.embedded == 1 and out.embed.dead_lettered == 1 and out.embed.calls >= 1
+    assert out.embed.max_reader_lead == 0 and out.embed.reader_lead_bound == 0, "not a sum across online parts"
+    job = ledger_of(s).get(failed)
+    assert (job.resolution, job.retried_online, job.dead_lettered) == ("online", 1, 1)
+    assert sorted(rows(s)) == ["d0#0", "d1#0", "d2#0"]
