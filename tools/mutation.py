@@ -632,6 +632,40 @@ def report(scores: Sequence[Score], equivalents: dict[tuple[str, str, str], str]
             yield f"- {spec.start_pos[0]} {_operator(spec)}: `{old}` -> `{new}` — {verdict_}"
 
 
+KNOWN = ROOT / "tools" / "known_mutants.toml"  # breaks found by hand that once survived the suite
+
+
+def check_known() -> int:
+    """Write each of KNOWN's breaks into a scratch shard and run its tests: each must fail. 0 if all do."""
+    known = tomllib.loads(KNOWN.read_text())["known"]
+    runner = Runner(make_shard(0))
+    survived = 0
+    try:
+        for entry in known:
+            module = runner.root / entry["module"]
+            original = module.read_text()
+            if original.count(entry["old"]) != 1:
+                raise SystemExit(f"mutation: {KNOWN.name}: {entry['name']!r}: its `old` text is not in "
+                                 f"{entry['module']} exactly once; update the entry to the code")
+            module.write_text(original.replace(entry["old"], entry["new"]))
+            forget_bytecode(module)
+            try:
+                answer = runner.pytest(["-x", *entry["tests"]], timeout=900, log=OUT / "known.log")
+            finally:
+                module.write_text(original)
+                forget_bytecode(module)
+            killed = answer["timeout"] or answer["exit"] == 1  # 1: tests failed (not a usage error)
+            survived += not killed
+            failed = re.findall(r"^FAILED (\S+)", (OUT / "known.log").read_text(errors="replace"), re.M)
+            how = "timeout" if answer["timeout"] else failed[0] if failed else f"exit {answer['exit']}"
+            print(f"{'killed' if killed else 'SURVIVED'}: {entry['name']} ({entry['module']}; "
+                  f"{how}, {answer['seconds']:.1f} s)", flush=True)
+    finally:
+        runner.close()
+    print(f"{len(known) - survived} of {len(known)} known breaks killed")
+    return 1 if survived else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="target paths (default: all), e.g. tasks/plan.py")
@@ -645,6 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "with every test that executes them")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: report the last run again (after editing mutation_equivalents.toml)")
+    parser.add_argument("--known", action="store_true",
+                        help=f"run nothing else: check that each break in {KNOWN.name} fails a test")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="mutants judged at once, each in its own scratch copy of the worktree "
                              "(default: one per CPU)")
@@ -665,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("mutation: another run is using this worktree (.mutation/lock)") from None
     # SIGTERM (make interrupted, a CI limit) unwinds like Ctrl-C: the runners and their tests are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.known:
+        return check_known()
     started = time.monotonic()
     deadline = started + 60 * args.budget if args.budget > 0 else None
     scores = {t: Score(t) for t in targets}
