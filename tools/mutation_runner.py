@@ -76,9 +76,34 @@ def _child(request: dict[str, Any]) -> int:
     return code
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process under pid, from /proc (a server a fixture starts in a session of its own
+    leaves the child's process group, and outlives the child if the fixture never tears it down)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _kill(pid: int) -> None:
+    for descendant in _descendants(pid):
+        try:
+            os.kill(descendant, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     try:
-        os.killpg(pid, signal.SIGKILL)  # the child leads its own group: its subprocesses go too
+        os.killpg(pid, signal.SIGKILL)  # the child leads its own group: the rest of its subprocesses go too
     except ProcessLookupError:
         pass
 
