@@ -742,6 +742,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for runner in runners:
                     runner.wait_ready()
                 run_all(targets, dbs, runners, test_map, deadline, recheck=args.recheck)
+                if not args.recheck and (deadline is None or time.monotonic() < deadline):
+                    # Survivors judged by their fastest tests only get every test that executes them.
+                    print("rechecking survivors with every covering test ...", flush=True)
+                    run_all(targets, dbs, runners, test_map, deadline, recheck=True)
             finally:
                 for runner in runners:
                     runner.close()
