@@ -17,7 +17,7 @@ help:
 	@echo "make plan             what a run would embed, cost and take, without calling the API"
 	@echo "make test             the test suite (real emulator, LanceDB and Prefect server)"
 	@echo "make bench            benchmarks that print figures"
-	@echo "make mutation         mutation score of the guarantee-carrying modules (<= 50 min; MODULES=, BUDGET= minutes)"
+	@echo "make mutation         mutation score of the guarantee-carrying modules (<= 55 min; MODULES=, BUDGET= minutes)"
 	@echo "make emulator         run the Gemini API emulator on 127.0.0.1:8765"
 	@echo "make server           a local Prefect server and UI on 127.0.0.1:4200 (PREFECT_PORT=N for another)"
 	@echo "make pool deploy      the work pool and the deployments from prefect.yaml (configured Prefect API, else local)"
