@@ -153,10 +153,9 @@ async def create_once(
                 job=None, state="UNKNOWN", transient=True) from None
         if found is not None:
             return found
-        if attempt == attempts:
-            break  # nothing is left to wait for
-        delay = getattr(last, "retry_after", None) if isinstance(last, RateLimitedError) else None
-        await sleep(delay if delay is not None else base_delay * 2 ** (attempt - 1))
+        if attempt < attempts:  # after the last one nothing is left to wait for
+            delay = getattr(last, "retry_after", None) if isinstance(last, RateLimitedError) else None
+            await sleep(delay if delay is not None else base_delay * 2 ** (attempt - 1))
     raise BatchJobError(
         f"could not create the batch job after {attempts} attempts ({last}); its chunks stay unindexed "
         "and the next run submits them again", job=None, state="NOT_CREATED", transient=True)
