@@ -54,17 +54,21 @@ def prefect_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 
 
 
 def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the process group we started, SIGKILL it if it does not go."""
-    if proc.poll() is not None:
-        return
+    """SIGTERM the process group we started, SIGKILL what of it does not go.
+
+    The group outlives its leader when a member ignores SIGTERM (`make worker`: bash and make exit,
+    a worker whose server is gone does not), so the group is waited on, not only the leader."""
+    deadline = time.monotonic() + timeout
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                os.killpg(proc.pid, 0)  # ProcessLookupError once no member is left
+            time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     except ProcessLookupError:
         pass
+    proc.wait()
 
 
 @pytest.fixture(scope="session")
