@@ -467,33 +467,9 @@ def test_intent_whose_job_never_existed_is_submitted_again(emu, endpoint, corpus
 
 
 def _create_once(create_errors, find_results, attempts=3):
-    from indexflow.tasks.batch_submit import create_once
+    from tests.tasks.test_batch_submit import attempt_creates
 
-    calls = {"create": 0, "find": 0, "slept": []}
-
-    async def create():
-        calls["create"] += 1
-        if create_errors:
-            raise create_errors.pop(0)
-        return "batches/new"
-
-    async def find():
-        calls["find"] += 1
-        result = find_results.pop(0)
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    async def sleep(seconds):
-        calls["slept"].append(seconds)
-
-    async def go():
-        return await create_once(create, find, attempts=attempts, base_delay=1.0, sleep=sleep)
-
-    try:
-        return asyncio.run(go()), calls
-    except Exception as exc:  # noqa: BLE001 - returned for the test to inspect
-        return exc, calls
+    return attempt_creates(create_errors, find_results, attempts=attempts, base_delay=1.0)
 
 
 def test_create_after_a_transient_failure_adopts_the_job_that_was_made():
