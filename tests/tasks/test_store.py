@@ -54,6 +54,26 @@ def store(tmp_path):
 # -- schema, key and recipe ------------------------------------------------------------------
 
 
+
+def at_once(n: int, action) -> list[Exception]:
+    """Run `action` in n threads released together; the exceptions they raised."""
+    errors: list[Exception] = []
+    barrier = threading.Barrier(n)
+
+    def run():
+        barrier.wait()
+        try:
+            action()
+        except Exception as exc:  # returned for the test to assert on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
 def test_schema_key_and_recipe_survive_upsert_delete_optimize_and_indexes(tmp_path):
     store = VectorStore.open(str(tmp_path), "idx", RECIPE, policy=IndexPolicy(min_rows=50))
     chunks = make_chunks(120)
@@ -213,20 +233,7 @@ def test_writer_open_adds_the_metadata_column_to_an_old_table_once(tmp_path):
 
 def test_writers_opening_an_old_table_at_once_migrate_it_once(tmp_path):
     old_table(tmp_path, make_chunks(10), unit(10))
-    errors, stores = [], []
-
-    def open_writer():
-        try:
-            stores.append(VectorStore.open(str(tmp_path), "old", RECIPE))
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_writer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(4, lambda: VectorStore.open(str(tmp_path), "old", RECIPE)) == []
     schema = current(tmp_path, "old").schema
     assert schema.names.count("metadata") == 1 and schema.field("metadata").type == METADATA_TYPE
 
@@ -635,22 +642,11 @@ def test_writers_opening_a_new_table_at_once_all_get_it(tmp_path):
     # Two first runs at once: create_table then fails with "already exists" or, when both commits
     # race, Lance's "retryable commit conflict"; either way the table is the other writer's.
     for trial in range(3):
-        errors, barrier = [], threading.Barrier(6)
+        def open_writer(trial=trial):
+            VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).record_failures(
+                [FailedItem.from_chunk(make_chunks(1)[0], "503", 1)])
 
-        def open_writer():
-            barrier.wait()
-            try:
-                VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).record_failures(
-                    [FailedItem.from_chunk(make_chunks(1)[0], "503", 1)])
-            except Exception as exc:  # surfaced below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_writer) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert at_once(6, open_writer) == []
         assert VectorStore.open(str(tmp_path / str(trial)), "idx", RECIPE).count_dead_letters() == 1
 
 
