@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from cyclopts import App, Parameter
 
 from indexflow.tasks.errors import TableNotFoundError
-from indexflow.tasks.ledger import JobRecord, Ledger
+
+if TYPE_CHECKING:  # the ledger imports LanceDB: only a command that reads it pays for that
+    from indexflow.tasks.ledger import JobRecord, Ledger
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -62,6 +64,8 @@ def _ledger_or_none(db: str, table: str) -> Ledger | None:
     not an empty list. Nothing is created either way.
     """
     try:
+        from indexflow.tasks.ledger import Ledger
+
         return Ledger.open(db, table, create=False)
     except TableNotFoundError:
         from indexflow.tasks.store import VectorStore

@@ -22,8 +22,10 @@ from indexflow.flows.batches_cli import batches_app  # noqa: E402
 from indexflow.tasks.errors import ConfigError, DailyQuotaError, IndexflowError, TableNotFoundError  # noqa: E402
 
 # 0 done; 1 the run or call failed; 2 bad input (an option, a missing corpus, database, table or
-# job; cyclopts' own parse errors exit 2 as well); 3 the per-day quota is spent.
+# job; cyclopts' own parse errors exit 2 as well); 3 the per-day quota is spent; 130 / 143
+# stopped by SIGINT / SIGTERM (what was embedded is kept).
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_QUOTA = 0, 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 app = App(
     name="indexflow",
@@ -105,12 +107,6 @@ class RunOptions:
         )
 
 
-def _quiet_prefect() -> None:
-    # The edge of the program: keep Prefect's temporary server from phoning home or chattering.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-
 def _print_rows(rows: list[dict], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -123,8 +119,12 @@ def _print_rows(rows: list[dict], title: str) -> None:
 
 @app.command
 def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunOptions(),
-          json: bool = False) -> int:
+          json: bool = False, progress_seconds: float = 10.0) -> int:
     """Embed what is new or changed in CORPUS and upsert it into the table; delete what is gone.
+
+    Runs in this process; with PREFECT_API_URL set (or a Prefect profile that sets it) the same
+    run is a tracked flow run on that server, with its artifacts. Ctrl-C (or SIGTERM) stops it,
+    keeping what was embedded: exit 130 (143 for SIGTERM); the next run resumes.
 
     Parameters
     ----------
@@ -132,19 +132,38 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
         A directory of .txt/.md/.rst/.html files, or a .jsonl, .parquet or .csv file.
     json
         Print the run summary as JSON.
+    progress_seconds
+        Off a terminal (a log file, a worker), print a progress line this often.
     """
-    _quiet_prefect()
-    from indexflow.flows.index_corpus import index_corpus  # imports Prefect: only when indexing
+    from indexflow.flows.local_run import prefect_api_configured
+    from indexflow.flows.pipeline import settings_from_params
     from indexflow.tasks.report import RunSummary
 
-    if not os.environ.get("GEMINI_API_KEY") and not os.environ.get("GOOGLE_GEMINI_BASE_URL"):
-        print("No GEMINI_API_KEY set: embedding with the built-in Gemini API emulator (lexical vectors, "
-              "not Gemini's).", file=sys.stderr)
-    result = asyncio.run(index_corpus(**o.flow_params(corpus, t)))
-    if json:
-        print(jsonlib.dumps(result, indent=2, default=str))
+    api_key = os.environ.get("GEMINI_API_KEY") or None
+    base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+    params = o.flow_params(corpus, t)
+    emulated = not api_key and not base_url
+    if prefect_api_configured():
+        summary = RunSummary.from_dict(_tracked_run(params, emulated))
     else:
-        summary = RunSummary.from_dict(result)
+        # Validated before anything heavy is imported: a bad option costs a fraction of a second.
+        settings = settings_from_params(params, emulator=not api_key)
+        if emulated:
+            _say_emulator()
+        from indexflow.flows.local_run import TerminalHooks, run_local
+
+        def stopped(result, code: int) -> None:
+            print(f"stopped: kept {result.summary.chunks_embedded} chunks; run again to resume", file=sys.stderr)
+
+        result = run_local(settings, api_key=api_key, base_url=base_url,
+                           hooks=TerminalHooks(progress_every=progress_seconds, said_endpoint=emulated),
+                           on_interrupt=stopped)
+        if result.error is not None:
+            raise result.error
+        summary = result.summary
+    if json:
+        print(jsonlib.dumps(summary.as_dict(), indent=2, default=str))
+    else:
         _print_rows(summary.rows(), f"indexflow: {t.table}")
         for line in summary.problems[:10]:
             print(f"skipped: {line}", file=sys.stderr)
@@ -154,6 +173,27 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
             print(f"{summary.dead_lettered} chunk(s) are in {t.table}__dead_letters; fix the cause, then "
                   "run again with --retry-failed", file=sys.stderr)
     return EXIT_OK
+
+
+def _say_emulator() -> None:
+    print("No GEMINI_API_KEY set: embedding with the built-in Gemini API emulator (lexical vectors, "
+          "not Gemini's).", file=sys.stderr)
+
+
+def _tracked_run(params: dict, emulated: bool) -> dict:
+    """The run as a flow run on the configured Prefect server (its artifacts, its UI)."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from indexflow.flows.index_corpus import index_corpus, terminal_echo
+    from indexflow.flows.local_run import TerminalHooks
+
+    if emulated:
+        _say_emulator()
+    # What the run logs for people (the plan, the route, waiting for a writer) still reaches the terminal.
+    token = terminal_echo.set(TerminalHooks(said_endpoint=emulated).info)
+    try:
+        return asyncio.run(index_corpus(**params))
+    finally:
+        terminal_echo.reset(token)
 
 
 @app.command
@@ -167,7 +207,7 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
     json
         Print the plan as JSON.
     """
-    from indexflow.flows.index_corpus import settings_from_params
+    from indexflow.flows.pipeline import settings_from_params
     from indexflow.tasks.batch_options import BatchOptions, choose_route
     from indexflow.tasks.online import plan_run
     from indexflow.tasks.plan import forecast
@@ -269,27 +309,49 @@ def emulator() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `indexflow` console script."""
+    """Entry point of the `indexflow` console script; `--debug` anywhere shows tracebacks."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["emulator"]:
         from indexflow.emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:], prog="indexflow emulator")
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run(argv, debug)
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"indexflow: unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # outside a run (whose own handler exits 130 with its message)
+        if debug:
+            raise
+        print("indexflow: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _run(argv: list[str], debug: bool) -> int:
     try:
         code = app(argv, exit_on_error=True)
     except SystemExit as exc:  # cyclopts' parse errors (already printed) exit 2 = EXIT_CONFIG
         return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_FAILED
-    except DailyQuotaError as exc:
+    except IndexflowError as exc:
+        if debug:
+            raise
+        return _report(exc)
+    return code if isinstance(code, int) else EXIT_OK
+
+
+def _report(exc: IndexflowError) -> int:
+    """One line (two for a spent daily quota) on stderr, and the exit code of the error's kind."""
+    if isinstance(exc, DailyQuotaError):
         print(f"indexflow: stopped, daily quota exhausted: {exc}\nEverything embedded so far is saved; "
               "run the same command again after the quota resets to continue.", file=sys.stderr)
         return EXIT_QUOTA
-    except (ConfigError, TableNotFoundError) as exc:
-        print(f"indexflow: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except IndexflowError as exc:
-        print(f"indexflow: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return code if isinstance(code, int) else EXIT_OK
+    print(f"indexflow: {exc}", file=sys.stderr)
+    return EXIT_CONFIG if isinstance(exc, (ConfigError, TableNotFoundError)) else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ from indexflow.tasks.errors import (
     BadResponseError,
     ConfigError,
     DailyQuotaError,
+    EndpointUnreachableError,
     IndexflowError,
     RateLimitedError,
+    RunInterrupted,
     TransientAPIError,
 )
 from indexflow.tasks.limits import AdaptiveConcurrency, RateLimiter
@@ -131,6 +133,12 @@ class EmbedStats:
 
 _END = object()
 DRAIN_SECONDS = 120.0  # most time a stopping run waits for calls already sent (the HTTP timeout bounds them)
+# After an interrupt the user is waiting: calls on the wire get this long, then are abandoned
+# (their chunks are embedded again by the next run; nothing is half-written).
+INTERRUPT_DRAIN_SECONDS = 1.0
+# Connection failures before the endpoint has answered once mean a wrong URL or no network, not
+# an outage: give up after this many instead of retrying for minutes.
+CONNECT_ATTEMPTS = 3
 
 
 class _Stopped(Exception):
@@ -161,12 +169,14 @@ async def embed_chunks(
     limiter: RateLimiter | None = None,
     policy: RetryPolicy | None = None,
     stats: EmbedStats | None = None,
+    stop: asyncio.Event | None = None,
 ) -> EmbedStats:
     """Embed every chunk once and hand (chunks, normalized vectors) to `sink`; see the module docstring.
 
     `client` is a google-genai client (from `tasks.gemini.make_client`); `embed` replaces the
     call itself (same contract as `tasks.gemini.embed_batch`, raising IndexflowError). `stats`,
-    if given, is filled in place and returned, so its counters survive a fatal error.
+    if given, is filled in place and returned, so its counters survive a fatal error. Setting
+    `stop` ends the stage like a fatal error, RunInterrupted, with a short drain.
     """
     if embed is None:
         if client is None:
@@ -182,6 +192,7 @@ async def embed_chunks(
         limiter=limiter or RateLimiter(options.limits),
         policy=policy or RetryPolicy(max_attempts=options.max_attempts, max_elapsed=options.max_retry_seconds),
         stats=EmbedStats() if stats is None else stats,
+        stop=stop,
     )
     return await pipeline.run(chunks)
 
@@ -199,6 +210,7 @@ class _Pipeline:
         limiter: RateLimiter,
         policy: RetryPolicy,
         stats: EmbedStats,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.options = options
         self.embed = embed
@@ -213,6 +225,9 @@ class _Pipeline:
         self.stats = stats
         self.settled = 0
         self.stopping = False
+        self.stop = stop
+        self.answered = False  # the endpoint has sent an HTTP answer (any status) this run
+        self.connect_failures = 0
         self._protected: set[asyncio.Task] = set()  # workers with a call on the wire or a result to deliver
         n = options.concurrency
         self.chunk_q: asyncio.Queue = asyncio.Queue(maxsize=2 * self.size)
@@ -229,11 +244,16 @@ class _Pipeline:
             *(asyncio.create_task(self._worker(), name=f"embed-worker-{i}") for i in range(self.options.concurrency)),
         ]
         writer = asyncio.create_task(self._writer(), name="embed-writer")
+        stopped = asyncio.create_task(self.stop.wait()) if self.stop is not None else None
         fatal: BaseException | None = None
         try:
             gathered = asyncio.gather(*upstream)
-            await asyncio.wait({gathered, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done():  # the writer ends early only by failing: nothing can be delivered any more
+            await asyncio.wait({gathered, writer} | ({stopped} if stopped else set()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if stopped is not None and stopped.done() and not gathered.done() and not writer.done():
+                fatal = RunInterrupted("the run was interrupted", signal=getattr(self.stop, "signal", None))
+                await self._stop(upstream, drain=INTERRUPT_DRAIN_SECONDS)
+            elif writer.done():  # the writer ends early only by failing: nothing can be delivered any more
                 fatal = writer.exception() or RuntimeError("the embed writer stopped early")
                 for task in upstream:
                     task.cancel()
@@ -250,7 +270,7 @@ class _Pipeline:
             if fatal is None and writer.exception() is not None:
                 fatal = writer.exception()
         finally:
-            for task in (*upstream, writer):
+            for task in (*upstream, writer, *([stopped] if stopped else [])):
                 task.cancel()
             self.stats.elapsed_seconds = time.monotonic() - started
             self.stats.limiter_wait_seconds = self.limiter.waited_seconds
@@ -259,16 +279,17 @@ class _Pipeline:
             raise fatal
         return self.stats
 
-    async def _stop(self, upstream: list[asyncio.Task]) -> None:
+    async def _stop(self, upstream: list[asyncio.Task], drain: float = DRAIN_SECONDS) -> None:
         """After a fatal error: cancel what is idle or waiting, let calls already on the wire finish.
 
-        A call in flight was admitted (and is paid for); its result is still handed to the sink.
+        A call in flight was admitted (and is paid for); its result is still handed to the sink
+        if it arrives within `drain` seconds.
         """
         self.stopping = True
         for task in upstream:
             if task not in self._protected:
                 task.cancel()
-        _, pending = await asyncio.wait(upstream, timeout=DRAIN_SECONDS)
+        _, pending = await asyncio.wait(upstream, timeout=drain)
         for task in pending:
             task.cancel()
 
@@ -378,6 +399,7 @@ class _Pipeline:
                 self.stats.tokens_sent += tokens
                 self._protected.add(me)
                 raw = await self.embed(part)
+                self.answered = True
             except IndexflowError as error:
                 self._count_error(error, generation)
                 if self.stopping:
@@ -392,7 +414,7 @@ class _Pipeline:
                 rows = list(bad)
                 raise BadResponseError(
                     f"{len(rows)} of {len(part)} embeddings are unusable (first: chunk {part[rows[0]].id}, "
-                    f"{bad[rows[0]]}); the call will be retried",
+                    f"{bad[rows[0]]})",
                     status=200,
                     rows=rows,
                     reasons=bad,
@@ -406,6 +428,12 @@ class _Pipeline:
 
     def _count_error(self, error: IndexflowError, generation: int) -> None:
         status = getattr(error, "status", None)
+        if status is not None:
+            self.answered = True
+        elif getattr(error, "reason", None) == "connect" and not self.answered:
+            self.connect_failures += 1
+            if self.connect_failures >= CONNECT_ATTEMPTS:
+                raise EndpointUnreachableError(str(error), attempts=self.connect_failures) from error
         if isinstance(error, RateLimitedError):
             self.stats.rate_limited += 1
             self.concurrency.on_overload(generation)

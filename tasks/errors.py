@@ -13,8 +13,10 @@
     │   ├── DailyQuotaError             429 per-day quota: stop the run, resume tomorrow (terminal)
     │   ├── BadRequestError             400 for this batch; bisect to find the bad items (terminal)
     │   ├── BadResponseError            wrong count, non-finite or zero vector (transient)
-    │   └── AuthError                   401/403: the API key is missing or wrong (terminal)
-    └── BatchJobError                   a Batch API job failed, expired or was cancelled (terminal)
+    │   ├── AuthError                   401/403: the API key is missing or wrong (terminal)
+    │   └── EndpointUnreachableError    no connection before the endpoint ever answered (terminal)
+    ├── BatchJobError                   a Batch API job failed, expired or was cancelled (terminal)
+    └── RunInterrupted                  SIGINT or SIGTERM asked the run to stop (terminal)
 
 Every error keeps its facts as attributes (so tests assert facts, not wording) and survives
 pickle, because Prefect moves failed states between processes.
@@ -107,6 +109,19 @@ class BadResponseError(EmbedError):
 
 class AuthError(EmbedError):
     """The API key is missing or not accepted."""
+
+
+class EndpointUnreachableError(EmbedError):
+    """No connection could be made and the endpoint never answered this run; facts `attempts`, `base_url`."""
+
+    def __str__(self) -> str:
+        where = getattr(self, "base_url", None) or "the embedding endpoint"
+        return (f"cannot reach {where} after {self.facts.get('attempts')} attempt(s): {self.message}; "
+                "check the URL (GOOGLE_GEMINI_BASE_URL) and the network, then run again")
+
+
+class RunInterrupted(IndexflowError):
+    """The run was asked to stop (fact `signal`: "SIGINT" or "SIGTERM"); what was committed is kept."""
 
 
 class BatchJobError(IndexflowError):

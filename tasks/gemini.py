@@ -56,6 +56,9 @@ except ImportError:
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.TimeoutException,)
 ) + (TimeoutError,)
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.ConnectError,)
+) + ((_aiohttp.ClientConnectorError,) if _aiohttp is not None else ())
 _REQUEST_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.RequestError,)
 ) + ((_aiohttp.ClientConnectionError, _aiohttp.ClientPayloadError) if _aiohttp is not None else ())
@@ -141,14 +144,13 @@ def parse_embeddings(body: str | bytes | None, *, expected: int, dim: int) -> np
         rows = [item["values"] for item in payload["embeddings"]]
     except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
         raise BadResponseError(
-            f"the embedding response is not valid batchEmbedContents JSON ({type(exc).__name__}); "
-            "the call will be retried",
+            f"the embedding response is not valid batchEmbedContents JSON ({type(exc).__name__})",
             status=200,
             reason="malformed",
         ) from None
     if len(rows) != expected:
         raise BadResponseError(
-            f"asked for {expected} embeddings, got {len(rows)}; the call will be retried",
+            f"asked for {expected} embeddings, got {len(rows)}",
             status=200,
             reason="wrong_count",
             expected=expected,
@@ -161,7 +163,7 @@ def parse_embeddings(body: str | bytes | None, *, expected: int, dim: int) -> np
     if vectors is None or vectors.ndim != 2 or vectors.shape[1] != dim:
         lengths = sorted({len(r) if isinstance(r, list) else -1 for r in rows})
         raise BadResponseError(
-            f"expected {dim}-dimensional embeddings, got lengths {lengths}; the call will be retried",
+            f"expected {dim}-dimensional embeddings, got lengths {lengths}",
             status=200,
             reason="wrong_dimensions",
             expected=dim,
@@ -248,14 +250,21 @@ def classify(exc: BaseException) -> IndexflowError:
         return _classify_api_error(exc)
     if isinstance(exc, _TIMEOUT_ERRORS):
         return TransientAPIError(
-            f"the embedding call timed out ({type(exc).__name__}); the call will be retried",
+            f"the embedding call timed out ({type(exc).__name__})",
             status=None,
             reason="timeout",
+        )
+    if isinstance(exc, _CONNECT_ERRORS):
+        # No connection at all (refused, no route, unknown host): the endpoint may be misconfigured.
+        return TransientAPIError(
+            f"cannot connect to the embedding endpoint ({type(exc).__name__}: {sanitize(str(exc))[:200]})",
+            status=None,
+            reason="connect",
         )
     if isinstance(exc, _REQUEST_ERRORS):
         return TransientAPIError(
             f"the connection to the embedding endpoint failed ({type(exc).__name__}: "
-            f"{sanitize(str(exc))[:200]}); the call will be retried",
+            f"{sanitize(str(exc))[:200]})",
             status=None,
             reason="connection",
         )
@@ -310,7 +319,7 @@ def _classify_api_error(exc: genai_errors.APIError) -> IndexflowError:
         )
     if code in (408, 499) or code >= 500:
         return TransientAPIError(
-            f"the embedding endpoint failed ({code} {status}: {message}); the call will be retried",
+            f"the embedding endpoint failed ({code} {status}: {message})",
             status=code,
             reason=status or str(code),
         )

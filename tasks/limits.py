@@ -64,6 +64,9 @@ class RateLimiter:
         self._turn = asyncio.Lock()  # FIFO: callers are admitted in arrival order
         self._changed = asyncio.Event()
         self.waited_seconds = 0.0
+        # What holds the next call, while one is held: ("tokens/min", clock time it may go) for
+        # people watching a throttled run; None while calls flow.
+        self.holding: tuple[str, float] | None = None
 
     def cost(self, texts: int) -> int:
         """Requests one call of `texts` texts spends, as the quota counts them."""
@@ -97,10 +100,12 @@ class RateLimiter:
                 self._check_day(requests)
                 delay = self.delay(requests, tokens, now)
                 if delay == 0:
+                    self.holding = None
                     permit = Permit(requests, tokens, admitted=now)
                     self._permits.append(permit)
                     self._day_used += requests
                     return permit
+                self.holding = (self.holder(requests, tokens, now), now + delay)
                 if math.isinf(delay):
                     # Only calls still in flight hold the window: wait for one to finish.
                     self._changed.clear()
@@ -125,6 +130,15 @@ class RateLimiter:
             if limit is not None:
                 delay = max(delay, self._window_delay(limit, cost, key, now))
         return delay
+
+    def holder(self, requests: int, tokens: int, now: float) -> str:
+        """Which limit keeps a call of this cost waiting: the longest of the pause and the windows."""
+        reasons = [(max(0.0, self._paused_until - now), "a 429 pause")]
+        for limit, cost, key, name in ((self.limits.rpm, requests, "requests", "requests/min"),
+                                       (self.limits.tpm, tokens, "tokens", "tokens/min")):
+            if limit is not None:
+                reasons.append((self._window_delay(limit, cost, key, now), name))
+        return max(reasons, key=lambda r: r[0])[1]
 
     def _window_delay(self, limit: int, cost: int, key: str, now: float) -> float:
         used = sum(getattr(p, key) for p in self._permits)

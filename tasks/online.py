@@ -10,9 +10,9 @@ import numpy as np
 
 from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, embed_chunks
 from indexflow.tasks.chunk import Chunk, chunk_documents
-from indexflow.tasks.errors import StoreError
+from indexflow.tasks.errors import EndpointUnreachableError, StoreError
 from indexflow.tasks.corpus import read_corpus
-from indexflow.tasks.gemini import make_client
+from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import Planner, PlanCounts
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
@@ -76,10 +76,10 @@ class OnlineOutcome:
     error: BaseException | None = None
 
 
-async def run_online(settings: Settings, endpoint: Endpoint, *,
+async def run_online(settings: Settings, endpoint: Endpoint | None, *,
                      on_progress: Callable[[int, int | None], None] | None = None,
-                     total: int | None = None) -> OnlineOutcome:
-    """Embed what changed and write it; on a fatal error keep what was committed and report it.
+                     total: int | None = None, stop: asyncio.Event | None = None) -> OnlineOutcome:
+    """Embed what changed and write it; on a fatal error (or `stop`) keep what was committed and report it.
 
     The table is the record of progress: a re-run after any failure plans again from what is
     committed, so nothing is embedded twice and nothing is lost.
@@ -101,15 +101,32 @@ async def run_online(settings: Settings, endpoint: Endpoint, *,
         rows = [FailedItem.from_chunk(i.chunk, i.error, i.attempts, i.failed_at) for i in items]
         await asyncio.to_thread(store.record_failures, rows)
 
-    client = make_client(endpoint)
+    embed = None
+    if endpoint is None:  # the plan found nothing to embed: no client (and no SDK import) is needed
+        async def embed(chunks):
+            raise StoreError("the corpus changed while this run read it (a chunk to embed appeared after "
+                             "planning found none); run again")
+    if endpoint is not None:
+        from indexflow.tasks.gemini import make_client  # imports google-genai: only when there is work
+
+        client = make_client(endpoint)
+    else:
+        client = None
     error: BaseException | None = None
     stats = EmbedStats()  # filled in place: a stopped stage still reports what it spent
+    options = EmbedOptions.from_settings(settings)
+    limiter = RateLimiter(options.limits)
+    watch = getattr(on_progress, "watch", None)
+    if watch is not None:  # a terminal progress bar shows when the limiter holds calls
+        watch(limiter)
     try:
         await embed_chunks(
             planner.select(corpus_chunks(settings, problems)),
-            client=client, options=EmbedOptions.from_settings(settings), sink=sink, on_failed=on_failed,
-            on_progress=on_progress, total=total, stats=stats,
+            client=client, embed=embed, options=options, sink=sink, on_failed=on_failed,
+            on_progress=on_progress, total=total, stats=stats, limiter=limiter, stop=stop,
         )
+    except EndpointUnreachableError as exc:
+        error = exc.add_facts(base_url=endpoint.base_url or "https://generativelanguage.googleapis.com")
     except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide
         error = exc
     # Stale rows are deleted only when the whole corpus was seen; after a failure the stream

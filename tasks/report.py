@@ -231,3 +231,137 @@ class Progress:
             await asyncio.gather(self._pending, return_exceptions=True)
         if self.prefect:
             await self._push(100.0 * done / total if total else 100.0)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class TerminalProgress:
+    """Progress for a person: a bar on a terminal, else one line every `every` seconds.
+
+    The ETA takes the larger of the plan's forecast (what the quota allows) and the live rate,
+    so a throttled run's first fast minute does not promise too much. While the rate limiter
+    holds calls, the line says which limit and for how long.
+    """
+
+    def __init__(self, total: int, fc: Any = None, *, stream=None, terminal: bool | None = None,
+                 every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.forecast_seconds = getattr(fc, "online_seconds", None)
+        self.stream = stream or sys.stderr
+        self.terminal = self.stream.isatty() if terminal is None else terminal
+        self.every = every
+        self.clock = clock
+        self.done = 0
+        self.started = clock()
+        self.limiter = None
+        self._bar = None
+        self._ticker: asyncio.Task | None = None
+
+    def watch(self, limiter: Any) -> None:
+        """Show the limiter's hold (`limiter.holding`: which limit, until when) while there is one."""
+        self.limiter = limiter
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done = done
+        if total:
+            self.total = total
+        if self._bar is not None:
+            bar, task = self._bar
+            bar.update(task, completed=done, total=self.total or None)
+
+    def eta(self) -> float | None:
+        """Seconds left: max(forecast left, remaining / live rate); None before either is known."""
+        remaining = max(0, self.total - self.done)
+        if not remaining:
+            return 0.0
+        elapsed = self.clock() - self.started
+        guesses = []
+        if self.forecast_seconds is not None:
+            guesses.append(self.forecast_seconds - elapsed)
+        if self.done and elapsed > 0:
+            guesses.append(remaining / (self.done / elapsed))
+        return max(0.0, max(guesses)) if guesses else None
+
+    def waiting(self) -> str | None:
+        """`waiting for quota: tokens/min, next slot in 41 s` while the limiter holds calls, else None."""
+        holding = getattr(self.limiter, "holding", None)
+        if not holding:
+            return None
+        reason, until = holding
+        left = until - self.clock()
+        if left == float("inf"):
+            return f"waiting for quota: {reason}, until a call in flight finishes"
+        if left < 1.0:
+            return None
+        return f"waiting for quota: {reason}, next slot in {_duration(left)}"
+
+    def status(self) -> str:
+        eta = self.eta()
+        parts = [f"ETA {_duration(eta)}" if eta is not None else "ETA unknown"]
+        if (wait := self.waiting()) is not None:
+            parts.append(wait)
+        return "; ".join(parts)
+
+    def line(self) -> str:
+        """The progress as one line, for logs."""
+        elapsed = self.clock() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return (f"embedded {self.done:,} of {self.total:,} chunks ({pct:.0f} %), {rate:,.0f}/s; "
+                f"{self.status()}")
+
+    def print(self, message: str) -> bool:
+        """Print `message` above the bar when one is showing (False: the caller prints it)."""
+        if self._bar is None:
+            return False
+        self._bar[0].console.print(message, markup=False, highlight=False)
+        return True
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            print(self.line(), file=self.stream, flush=True)
+
+    def __enter__(self) -> "TerminalProgress":
+        self.started = self.clock()
+        if not self.total:
+            return self
+        if self.terminal:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, ProgressColumn, TextColumn
+            from rich.text import Text
+
+            progress = self
+
+            class Status(ProgressColumn):  # rendered on every refresh: a held limiter shows while nothing moves
+                def render(self, task) -> Text:
+                    return Text(progress.status())
+
+            bar = Bar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), Status(),
+                      console=Console(file=self.stream), transient=False)
+            bar.start()
+            self._bar = (bar, bar.add_task("embedding", total=self.total))
+        else:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._bar is not None:
+            self._bar[0].stop()
+            self._bar = None
+
+    async def aclose(self, done: int, total: int | None) -> None:
+        """The final figure (the bar shows it; a log gets one last line if anything was planned)."""
+        self(done, total)
+        if self._bar is None and self.total and self._ticker is not None:
+            print(self.line(), file=self.stream, flush=True)

@@ -88,6 +88,21 @@ def _indexed_columns(table) -> dict[str, str]:
     return {index.columns[0]: index.index_type for index in table.list_indices()}
 
 
+def finalize_due(table, policy: IndexPolicy, *, fts: bool = True) -> bool:
+    """Whether `build_indexes` has work: small fragments to merge (rows written since the last
+    build, which also sit outside the indexes) or an index missing. Reads metadata only."""
+    rows = table.count_rows()
+    if not rows:
+        return False
+    indexed = _indexed_columns(table)
+    if (fts and "text" not in indexed) or (rows >= policy.min_rows and "vector" not in indexed):
+        return True
+    stats = table.stats()
+    frag = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
+    small = frag["num_small_fragments"] if isinstance(frag, dict) else frag.num_small_fragments
+    return small > 1
+
+
 def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool = False) -> FinalizeReport:
     """Compact the table, then create the vector index (if big enough) and the full-text index.
 

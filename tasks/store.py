@@ -27,7 +27,7 @@ from lancedb.expr import col
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import RecipeMismatchError, StoreError, TableNotFoundError
 from indexflow.tasks.recipe import Recipe
-from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, search_table
+from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, finalize_due, search_table
 
 RECIPE_KEY = "indexflow.recipe"
 DEAD_LETTER_SUFFIX = "__dead_letters"
@@ -437,6 +437,10 @@ class VectorStore:
     def finalize(self, *, fts: bool = True, rebuild_indexes: bool = False) -> FinalizeReport:
         """Compact, then build or refresh the indexes the table's size calls for (see `tasks.search`)."""
         return build_indexes(self.table, self.policy, fts=fts, rebuild=rebuild_indexes)
+
+    def finalize_due(self, *, fts: bool = True) -> bool:
+        """Whether `finalize` has anything to do (metadata only): an unchanged table is left alone."""
+        return finalize_due(self.table, self.policy, fts=fts)
 
     def search(
         self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False
