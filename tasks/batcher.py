@@ -259,7 +259,9 @@ class _Pipeline:
                     task.cancel()
             elif gathered.exception() is not None:
                 fatal = gathered.exception()
-                await self._stop(upstream)
+                # Nothing is on the wire to wait for when no connection could be made at all.
+                unreachable = isinstance(fatal, EndpointUnreachableError)
+                await self._stop(upstream, drain=INTERRUPT_DRAIN_SECONDS if unreachable else DRAIN_SECONDS)
             await asyncio.gather(*upstream, return_exceptions=True)
             if not writer.done():
                 # Let the writer hand over every finished batch before stopping.
@@ -391,6 +393,7 @@ class _Pipeline:
         try:
             permit = await self.limiter.acquire(len(part), tokens)
             me = asyncio.current_task()
+            sent = True
             try:
                 if self.stopping:
                     raise _Stopped()
@@ -401,13 +404,18 @@ class _Pipeline:
                 raw = await self.embed(part)
                 self.answered = True
             except IndexflowError as error:
-                self._count_error(error, generation)
+                if getattr(error, "reason", None) == "connect":
+                    sent = False  # refused before a byte was sent: the server counted nothing
                 if self.stopping:
                     raise _Stopped() from None  # no retries once the run is stopping
+                self._count_error(error, generation)
                 raise
             finally:
                 self._protected.discard(me)
-                self.limiter.complete(permit)
+                if sent:
+                    self.limiter.complete(permit)
+                else:
+                    self.limiter.refund(permit)
             bad = find_bad_rows(raw)
             if bad:
                 self.stats.other_errors += 1

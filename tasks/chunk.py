@@ -31,7 +31,6 @@ from indexflow.tasks.tokens import CHARS_PER_TOKEN, count_pieces, estimate_token
 
 _FRAGMENT_CHARS = 32
 _WORD = re.compile(r"\S+")
-_SPACES = re.compile(r"[^\S\n]+")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
 _SENTENCE_START = re.compile(r"[A-Z0-9\"'“‘(\[]")
@@ -56,7 +55,8 @@ def normalize_text(text: str) -> str:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     paragraphs = []
     for paragraph in _PARAGRAPH_BREAK.split(text):
-        lines = (_SPACES.sub(" ", line).strip() for line in paragraph.split("\n"))
+        # str.split() splits on exactly the whitespace `\s` matches; a line holds no "\n".
+        lines = (" ".join(line.split()) for line in paragraph.split("\n"))
         paragraph = "\n".join(line for line in lines if line)
         if paragraph:
             paragraphs.append(paragraph)

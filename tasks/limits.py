@@ -119,6 +119,16 @@ class RateLimiter:
         permit.finished = self._clock()
         self._changed.set()
 
+    def refund(self, permit: Permit) -> None:
+        """The call never reached the server (no connection): its cost leaves every window now."""
+        try:
+            self._permits.remove(permit)
+        except ValueError:
+            pass  # already pruned
+        else:
+            self._day_used -= permit.requests
+        self._changed.set()
+
     def delay(self, requests: int, tokens: int, now: float) -> float:
         """Seconds until a call of this cost would be admitted (0 = now, inf = after a call finishes)."""
         self._prune(now)

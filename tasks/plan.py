@@ -11,9 +11,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.settings import Limits
+
+if TYPE_CHECKING:  # a type only: planning's callers import the chunker (and its readers) themselves
+    from indexflow.tasks.chunk import Chunk
 
 # gemini-embedding-001, USD per million input tokens (https://ai.google.dev/gemini-api/docs/pricing).
 PRICE_PER_MILLION_TOKENS = {"online": 0.15, "batch": 0.075}

@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from indexflow.tasks.errors import StoreError, TableBusyError
+from indexflow.tasks.errors import ConfigError, StoreError, TableBusyError
 
 Backend = Literal["auto", "file", "prefect"]
 
@@ -104,10 +104,16 @@ def _busy(db_uri: str, table: str, lock: str, waited: float, holder: str | None)
 async def _file_lock(db_uri: str, table: str, wait_seconds: float | None,
                      on_wait: Callable[[str], object] | None) -> AsyncIterator[str]:
     path = lock_path(db_uri, table)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # flock (not lockf): each open() is its own lock owner, so two runs in one process exclude
-    # each other too.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # flock (not lockf): each open() is its own lock owner, so two runs in one process exclude
+        # each other too.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # the first write of a run: a --db that cannot be a directory fails here
+        raise ConfigError(
+            f"cannot write the database {db_uri!r}: {exc.strerror} ({exc.filename}); "
+            "choose a --db directory you can create and write", db_uri=db_uri, path=str(exc.filename),
+            reason=exc.strerror) from None
     try:
         started = time.monotonic()
         delay = POLL_START
