@@ -5,6 +5,7 @@ deployment cancels a second run while the first one runs (concurrency_limit 1, C
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from uuid import UUID
 
@@ -13,6 +14,7 @@ from google import genai
 from google.genai import types
 
 from indexflow.tasks.ledger import CANCELLED, Ledger
+from indexflow.tasks.writer_lock import table_writer
 from tests.flows.service_fixtures import (
     RUN_TIMEOUT,
     TEST_KEY,
@@ -156,23 +158,38 @@ def test_nightly_cancels_a_second_run_while_the_first_runs(worker, semu, tmp_pat
     corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", n)
     db = tmp_path / "db"
     params = dict(corpus=str(corpus), table="nightly", db_uri=str(db), batch_size=4, concurrency=1)
-    semu.admin.set_config(latency_base_ms=2000)  # 10 calls, one at a time: the first run lasts >= 20 s
+    # The test holds the table's writer lock: the first run stays Running (waiting for it) for
+    # as long as the test needs, however slowly a loaded machine starts the second.
+    release, held = threading.Event(), threading.Event()
+
+    def hold_the_table() -> None:
+        async def hold() -> None:
+            async with table_writer(str(db), "nightly"):
+                held.set()
+                await asyncio.to_thread(release.wait, 600)
+        asyncio.run(hold())
+
+    holder = threading.Thread(target=hold_the_table, daemon=True)
+    holder.start()
+    assert held.wait(30)
 
     def start():
         # The nightly deployment as deployed (its limit and collision strategy), on the queue the
         # session's worker serves: the worker never serves `scheduled`, where real nightly runs wait.
         return start_deployment("nightly", params, work_queue_name="default")
 
-    first = start()
-    wait_for("the first nightly run running", lambda: asyncio.run(flow_run(first)).state.is_running())
-    second = start()
-    cancelled = asyncio.run(wait_final(second))
-    still = asyncio.run(flow_run(first))
-    assert cancelled.state.type.value == "CANCELLED", cancelled.state_name
-    assert still.state.is_running(), f"the first run was {still.state_name} when the second was cancelled"
-    assert cancelled.state.message == "Deployment concurrency limit reached."  # CANCEL_NEW, not a crash
-
-    semu.admin.set_config(latency_base_ms=0)  # let the first one finish quickly
+    try:
+        first = start()
+        wait_for("the first nightly run running", lambda: asyncio.run(flow_run(first)).state.is_running())
+        second = start()
+        cancelled = asyncio.run(wait_final(second))
+        still = asyncio.run(flow_run(first))
+        assert cancelled.state.type.value == "CANCELLED", cancelled.state_name
+        assert still.state.is_running(), f"the first run was {still.state_name} when the second was cancelled"
+        assert cancelled.state.message == "Deployment concurrency limit reached."  # CANCEL_NEW, not a crash
+    finally:
+        release.set()  # let the first one finish
+        holder.join(30)
     done = asyncio.run(wait_final(first))
     assert done.state_name == "Completed", done.state.message
     assert asyncio.run(summary_rows(first, "nightly"))["chunks embedded"] == n
