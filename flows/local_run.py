@@ -105,6 +105,34 @@ class TerminalHooks:
         return uuid.uuid4().hex[:12]
 
 
+class NullProgress:
+    """A progress sink that shows nothing (library calls: their callers draw their own)."""
+
+    def __call__(self, done: int, total: int | None) -> None:
+        pass
+
+    def __enter__(self) -> "NullProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    async def aclose(self, done: int, total: int | None) -> None:
+        pass
+
+
+class LoggingHooks(TerminalHooks):
+    """The in-process hooks for library calls: lines go to the `indexflow` logger, no progress bar."""
+
+    def say(self, message: str) -> None:
+        import logging
+
+        logging.getLogger("indexflow").info("%s", message)
+
+    def progress(self, settings: Settings, total: int, fc: Forecast) -> NullProgress:
+        return NullProgress()
+
+
 def run_local(settings: Settings, *, api_key: str | None, base_url: str | None, hooks: TerminalHooks,
               writer_wait_seconds: float | None = None,
               on_interrupt: Callable[[RunResult, int], None] | None = None) -> RunResult:

@@ -15,17 +15,32 @@ from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE
 
 async def aindex(corpus: str | Path, *, table: str = DEFAULT_TABLE, db_uri: str = DEFAULT_DB_URI,
                  **params: Any) -> RunSummary:
-    """Run the `index-corpus` flow over `corpus`; `params` are any other parameters of `index_corpus`.
+    """Index `corpus` as `indexflow index` does; `params` are any other parameters of `index_corpus`.
 
-    Raises what the run stopped on (`DailyQuotaError`, `ConfigError`, ...) after the rows it
-    committed are saved; a re-run continues from them.
+    In this process, or as a tracked flow run when a Prefect API is configured. Raises what the
+    run stopped on (`DailyQuotaError`, `ConfigError`, ...) after the rows it committed are saved;
+    a re-run continues from them. Lines for people go to the `indexflow` logger at INFO.
     """
-    # The temporary Prefect server a run starts without PREFECT_API_URL would report usage.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from indexflow.flows.index_corpus import index_corpus
+    from indexflow.flows.local_run import LoggingHooks, prefect_api_configured
 
-    result = await index_corpus(corpus=str(corpus), table=table, db_uri=db_uri, **params)
-    return RunSummary.from_dict(result)
+    if prefect_api_configured():
+        from indexflow.flows.index_corpus import index_corpus
+
+        result = await index_corpus(corpus=str(corpus), table=table, db_uri=db_uri, **params)
+        return RunSummary.from_dict(result)
+    from indexflow.flows.pipeline import run_index, settings_from_params
+    from indexflow.tasks.endpoint import endpoint_label, resolve_endpoint
+
+    api_key = os.environ.get("GEMINI_API_KEY") or None
+    base_url = params.get("base_url") or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+    label = endpoint_label(api_key, base_url)
+    settings = settings_from_params(dict(params, corpus=str(corpus), table=table, db_uri=db_uri),
+                                    emulator=label.startswith("emulator"))
+    run = await run_index(settings, lambda: resolve_endpoint(api_key, base_url), label, LoggingHooks(),
+                          writer_wait_seconds=params.get("writer_wait_seconds"))
+    if run.error is not None:
+        raise run.error
+    return run.summary
 
 
 def index(corpus: str | Path, *, table: str = DEFAULT_TABLE, db_uri: str = DEFAULT_DB_URI,

@@ -88,3 +88,22 @@ def test_a_library_query_prints_nothing(api_env, tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["vector", "doc-003", "hybrid", "doc-003", "fts", "doc-003"]
     assert run.stderr == ""
+
+
+def test_without_a_prefect_api_the_library_indexes_in_process_and_quietly(emu, tmp_path):
+    corpus = write_corpus(tmp_path / "c.jsonl", 6)
+    db = str(tmp_path / "db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "GEMINI_API_KEY": emu.api_key,
+            "GOOGLE_GEMINI_BASE_URL": emu.base_url}
+    code = ("import sys, indexflow\n"
+            f"first = indexflow.index({str(corpus)!r}, db_uri={db!r}, batch_size=2)\n"
+            f"again = indexflow.index({str(corpus)!r}, db_uri={db!r})\n"
+            "print(first.chunks_embedded, first.api_calls, again.chunks_embedded, again.api_calls,\n"
+            "      'prefect' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["6", "3", "0", "0", "False"]
+    assert run.stderr == ""  # lines for people go to the `indexflow` logger, unconfigured here
+    assert sorted(table_ids(tmp_path / "db", DEFAULT_TABLE)) == [f"doc-{i:03d}#0" for i in range(6)]
+    assert not (tmp_path / "prefect-home").exists()
