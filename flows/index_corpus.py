@@ -107,7 +107,7 @@ class FlowHooks:
     async def stage(self, name: str, fn, *args):
         return await _TASKS[name](*args)
 
-    def progress(self, settings: Settings, total: int, fc) -> Progress:
+    def progress(self, settings: Settings, total: int | None, fc) -> Progress:
         return Progress(settings.table, prefect=True)
 
     def run_id(self) -> str:

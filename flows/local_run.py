@@ -95,7 +95,7 @@ class TerminalHooks:
             return
         raise RunInterrupted("the run was interrupted", signal=getattr(self.stop, "signal", None))
 
-    def progress(self, settings: Settings, total: int, fc: Forecast) -> TerminalProgress:
+    def progress(self, settings: Settings, total: int | None, fc: Forecast) -> TerminalProgress:
         self.bar = TerminalProgress(total, fc, stream=self.stream, every=self.progress_every)
         return self.bar
 
@@ -109,6 +109,9 @@ class NullProgress:
     """A progress sink that shows nothing (library calls: their callers draw their own)."""
 
     def __call__(self, done: int, total: int | None) -> None:
+        pass
+
+    def plan(self, total: int, fc: object = None) -> None:
         pass
 
     def __enter__(self) -> "NullProgress":
@@ -129,7 +132,7 @@ class LoggingHooks(TerminalHooks):
 
         logging.getLogger("indexflow").info("%s", message)
 
-    def progress(self, settings: Settings, total: int, fc: Forecast) -> NullProgress:
+    def progress(self, settings: Settings, total: int | None, fc: Forecast) -> NullProgress:
         return NullProgress()
 
 

@@ -85,7 +85,7 @@ class RunHooks(Protocol):
     async def stage(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run stage `name` (plan, embed-online, embed-batch, finalize): `await fn(*args)`, with retries."""
 
-    def progress(self, settings: Settings, total: int, fc: Forecast) -> ProgressSink:
+    def progress(self, settings: Settings, total: int | None, fc: Forecast) -> ProgressSink:
         """The sink the embed stage reports chunks settled to."""
 
     def run_id(self) -> str:
@@ -186,67 +186,120 @@ async def run_index(settings: Settings, connect: Connect, label: str, hooks: Run
     embed or a batch job to follow: an unchanged corpus starts no emulator and no API client.
     """
     from indexflow.tasks.batcher import EmbedStats
-    from indexflow.tasks.online import OnlineOutcome, open_store
+    from indexflow.tasks.online import OnlineOutcome, open_store, table_is_empty
     from indexflow.tasks.writer_lock import table_writer
 
     started = time.monotonic()
     hooks.info(f"Embedding endpoint: {label}")
-    route = settings.mode if settings.mode != "auto" else "online"
-    outcome: Any = OnlineOutcome(PlanCounts(), ProblemLog(), EmbedStats())
-    endpoints = ExitStack()
+    run = _Run(settings, connect, hooks, stop, OnlineOutcome(PlanCounts(), ProblemLog(), EmbedStats()))
     try:
         async with table_writer(settings.db_uri, settings.table, wait_seconds=writer_wait_seconds,
-                                on_wait=hooks.info) as _lock:
+                                on_wait=hooks.info):
             if settings.rebuild:
                 # Drop once, here: a retried embed stage must resume from what it committed, not drop it again.
                 await asyncio.to_thread(open_store, settings)
-                settings = settings.model_copy(update={"rebuild": False})
+                run.settings = settings = settings.model_copy(update={"rebuild": False})
                 hooks.info(f"Rebuilt table {settings.table}: every chunk will be embedded again")
-            counts, problems = await _unless_stopped(
-                asyncio.ensure_future(hooks.stage("plan", plan_stage, settings)), stop)
-            outcome = OnlineOutcome(counts, problems, EmbedStats())
-            batch = BatchOptions.from_settings(settings)
-            route = choose_route(settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
-                                 deadline_seconds=batch.deadline_seconds, turnaround_seconds=batch.turnaround_seconds)
-            fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=settings.batch_size,
-                          limits=settings.limits)
-            hooks.info(
-                f"Plan: {counts.chunks_to_embed} chunk(s) to embed ({counts.tokens_to_embed} tokens; "
-                f"~${fc.online_cost_usd:.4f} online, ~${fc.batch_cost_usd:.4f} batch), "
-                f"{counts.chunks_unchanged} unchanged; route: {route}")
-            hooks.info(f"Limits: {settings.quota.describe()}")
-            progress = hooks.progress(settings, counts.chunks_to_embed, fc)
-            endpoint = None
-            if route == "batch" or counts.chunks_to_embed:
-                endpoint, _ = endpoints.enter_context(connect())
-            try:
-                if route != "batch" and not counts.chunks_to_embed and not counts.chunks_stale:
-                    pass  # nothing to embed or delete: the plan's outcome is the run's (no second read)
-                elif route == "batch":
-                    outcome = await hooks.stage("embed-batch", embed_batch_stage, settings, endpoint,
-                                                counts.chunks_to_embed, hooks.run_id(), progress, stop)
-                else:
-                    outcome = await hooks.stage("embed-online", embed_online_stage, settings, endpoint,
-                                                counts.chunks_to_embed, progress, stop)
-            except IndexflowError as exc:  # stage retries are spent too: report, then fail the run
-                # The last attempt's own counters (calls, retries, rows kept) travel on the error.
-                done = getattr(exc, "outcome", None) or outcome
-                outcome = replace(done, error=exc)
-            report = None
-            if outcome.error is None:
-                report = await _unless_stopped(asyncio.ensure_future(
-                    hooks.stage("finalize", finalize_stage, settings, _changed(outcome))), stop)
-            if report is not None:
-                hooks.info(
-                    f"Finalized {settings.table}: {report['rows']} rows, fragments {report['fragments_before']} -> "
-                    f"{report['fragments_after']}, vector index {report['vector_index']}, full-text index "
-                    f"{report['fts_index']} ({report['seconds']:.2f} s)")
-    except IndexflowError as exc:  # before or after the embed stage: the lock, the plan, finalize
-        outcome = replace(outcome, error=exc)
+            if settings.mode == "online" and await asyncio.to_thread(table_is_empty, settings):
+                await run.first_run()
+            else:
+                await run.planned_run()
+            if run.outcome.error is None:
+                await run.finalize()
+    except IndexflowError as exc:  # outside the embed stage: the lock, the plan, finalize
+        run.outcome = replace(run.outcome, error=exc)
     finally:
-        endpoints.close()
-    summary = summarize(settings, label, route, outcome, time.monotonic() - started)
-    return RunResult(summary, outcome.error)
+        run.endpoints.close()
+    summary = summarize(run.settings, label, run.route, run.outcome, time.monotonic() - started)
+    return RunResult(summary, run.outcome.error)
+
+
+@dataclass
+class _Run:
+    """One run's state between its steps."""
+
+    settings: Settings
+    connect: Connect
+    hooks: RunHooks
+    stop: asyncio.Event | None
+    outcome: Any
+    route: str = "online"
+
+    def __post_init__(self) -> None:
+        self.endpoints = ExitStack()
+        self.route = self.settings.mode if self.settings.mode != "auto" else "online"
+
+    def endpoint(self) -> Endpoint:
+        endpoint, _ = self.endpoints.enter_context(self.connect())
+        return endpoint
+
+    async def plan(self) -> PlanCounts:
+        counts, problems = await _unless_stopped(
+            asyncio.ensure_future(self.hooks.stage("plan", plan_stage, self.settings)), self.stop)
+        self.outcome = replace(self.outcome, plan=counts, problems=problems)
+        return counts
+
+    def tell_plan(self, counts: PlanCounts) -> Forecast:
+        fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=self.settings.batch_size,
+                      limits=self.settings.limits)
+        self.hooks.info(
+            f"Plan: {counts.chunks_to_embed} chunk(s) to embed ({counts.tokens_to_embed} tokens; "
+            f"~${fc.online_cost_usd:.4f} online, ~${fc.batch_cost_usd:.4f} batch), "
+            f"{counts.chunks_unchanged} unchanged; route: {self.route}")
+        self.hooks.info(f"Limits: {self.settings.quota.describe()}")
+        return fc
+
+    async def planned_run(self) -> None:
+        """Plan, choose the route, then embed what the plan found (nothing at all when nothing changed)."""
+        counts = await self.plan()
+        batch = BatchOptions.from_settings(self.settings)
+        self.route = choose_route(self.settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
+                                  deadline_seconds=batch.deadline_seconds,
+                                  turnaround_seconds=batch.turnaround_seconds)
+        fc = self.tell_plan(counts)
+        if self.route != "batch" and not counts.chunks_to_embed and not counts.chunks_stale:
+            return  # nothing to embed or delete: the plan's outcome is the run's (no second read)
+        progress = self.hooks.progress(self.settings, counts.chunks_to_embed, fc)
+        endpoint = self.endpoint()
+        if self.route == "batch":
+            await self.embed("embed-batch", embed_batch_stage, self.settings, endpoint, counts.chunks_to_embed,
+                             self.hooks.run_id(), progress, self.stop)
+        else:
+            await self.embed("embed-online", embed_online_stage, self.settings, endpoint, counts.chunks_to_embed,
+                             progress, self.stop)
+
+    async def first_run(self) -> None:
+        """An empty table: everything is new, so embedding starts at once and the plan is counted
+        alongside (for the plan line and the ETA) instead of before the first call."""
+        progress = self.hooks.progress(self.settings, None, None)  # the total comes with the plan
+        embedding = asyncio.ensure_future(self.embed(
+            "embed-online", embed_online_stage, self.settings, self.endpoint(), None, progress, self.stop))
+        try:
+            counts = await self.plan()
+        except BaseException:
+            embedding.cancel()
+            await asyncio.gather(embedding, return_exceptions=True)
+            raise
+        fc = self.tell_plan(counts)
+        getattr(progress, "plan", lambda total, fc: None)(counts.chunks_to_embed, fc)
+        await embedding
+
+    async def embed(self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        try:
+            self.outcome = await self.hooks.stage(name, fn, *args)
+        except IndexflowError as exc:  # stage retries are spent too: report, then fail the run
+            # The last attempt's own counters (calls, retries, rows kept) travel on the error.
+            done = getattr(exc, "outcome", None) or self.outcome
+            self.outcome = replace(done, error=exc)
+
+    async def finalize(self) -> None:
+        report = await _unless_stopped(asyncio.ensure_future(
+            self.hooks.stage("finalize", finalize_stage, self.settings, _changed(self.outcome))), self.stop)
+        if report is not None:
+            self.hooks.info(
+                f"Finalized {self.settings.table}: {report['rows']} rows, fragments {report['fragments_before']} "
+                f"-> {report['fragments_after']}, vector index {report['vector_index']}, full-text index "
+                f"{report['fts_index']} ({report['seconds']:.2f} s)")
 
 
 def _changed(outcome: Any) -> bool:

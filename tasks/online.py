@@ -40,6 +40,17 @@ def open_store(settings: Settings, *, rebuild: bool | None = None) -> VectorStor
                             rebuild=settings.rebuild if rebuild is None else rebuild)
 
 
+def table_is_empty(settings: Settings) -> bool:
+    """True when the run's table does not exist yet or holds no row: a first run, where everything is new."""
+    if settings.rebuild:
+        return True
+    try:
+        store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
+    except StoreError:
+        return True
+    return store.table.count_rows() == 0
+
+
 def make_planner(store: VectorStore, settings: Settings) -> Planner:
     dead = {item.chunk_id: item.content_hash for item in store.dead_letters()}
     return Planner(store.existing_hashes(), dead, retry_failed=settings.retry_failed)

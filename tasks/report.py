@@ -187,8 +187,14 @@ class Progress:
         self._last = float("-inf")
         self._pending: asyncio.Task | None = None
         self._bar = None
+        self.total: int | None = None
+
+    def plan(self, total: int, fc: Any = None) -> None:
+        """The total, when it is counted after embedding started (a first run)."""
+        self.total = total
 
     def __call__(self, done: int, total: int | None) -> None:
+        total = total or self.total
         pct = 100.0 * done / total if total else 0.0
         if self._bar is not None:
             self._bar[0].update(self._bar[1], completed=done, total=total)
@@ -227,6 +233,7 @@ class Progress:
 
     async def aclose(self, done: int, total: int | None) -> None:
         """Push the final figure, waiting for any update in flight."""
+        total = total or self.total
         if self._pending is not None:
             await asyncio.gather(self._pending, return_exceptions=True)
         if self.prefect:
@@ -250,7 +257,7 @@ class TerminalProgress:
     holds calls, the line says which limit and for how long.
     """
 
-    def __init__(self, total: int, fc: Any = None, *, stream=None, terminal: bool | None = None,
+    def __init__(self, total: int | None, fc: Any = None, *, stream=None, terminal: bool | None = None,
                  every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
         self.forecast_seconds = getattr(fc, "online_seconds", None)
@@ -263,6 +270,13 @@ class TerminalProgress:
         self.limiter = None
         self._bar = None
         self._ticker: asyncio.Task | None = None
+
+    def plan(self, total: int, fc: Any = None) -> None:
+        """The total and forecast, when counted after embedding started (a first run)."""
+        self.total = total
+        self.forecast_seconds = getattr(fc, "online_seconds", None)
+        if self._bar is not None:
+            self._bar[0].update(self._bar[1], total=total or None)
 
     def watch(self, limiter: Any) -> None:
         """Show the limiter's hold (`limiter.holding`: which limit, until when) while there is one."""
@@ -278,6 +292,8 @@ class TerminalProgress:
 
     def eta(self) -> float | None:
         """Seconds left: max(forecast left, remaining / live rate); None before either is known."""
+        if self.total is None:
+            return None
         remaining = max(0, self.total - self.done)
         if not remaining:
             return 0.0
@@ -313,6 +329,8 @@ class TerminalProgress:
         """The progress as one line, for logs."""
         elapsed = self.clock() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self.total is None:  # still being counted
+            return f"embedded {self.done:,} chunks, {rate:,.0f}/s; {self.status()}"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (f"embedded {self.done:,} of {self.total:,} chunks ({pct:.0f} %), {rate:,.0f}/s; "
                 f"{self.status()}")
@@ -331,7 +349,7 @@ class TerminalProgress:
 
     def __enter__(self) -> "TerminalProgress":
         self.started = self.clock()
-        if not self.total:
+        if self.total == 0:  # planned: nothing to embed
             return self
         if self.terminal:
             from rich.console import Console
@@ -347,7 +365,7 @@ class TerminalProgress:
             bar = Bar(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), Status(),
                       console=Console(file=self.stream), transient=False)
             bar.start()
-            self._bar = (bar, bar.add_task("embedding", total=self.total))
+            self._bar = (bar, bar.add_task("embedding", total=self.total or None))
         else:
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         return self
@@ -363,5 +381,5 @@ class TerminalProgress:
     async def aclose(self, done: int, total: int | None) -> None:
         """The final figure (the bar shows it; a log gets one last line if anything was planned)."""
         self(done, total)
-        if self._bar is None and self.total and self._ticker is not None:
+        if self._bar is None and self._ticker is not None:
             print(self.line(), file=self.stream, flush=True)
