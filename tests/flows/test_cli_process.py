@@ -186,6 +186,13 @@ def test_an_unwritable_db_is_one_line_exit_2_and_creates_nothing(tmp_path):
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "afile").read_text() == "not a directory"
 
+    debug = subprocess.run([INDEXFLOW, "index", str(corpus), "--db", str(tmp_path / "afile" / "db"), "--debug"],
+                           env=local_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+                           timeout=STARTUP_SECONDS)
+    assert debug.returncode != EXIT_OK
+    assert "Traceback (most recent call last):" in debug.stderr
+    assert "indexflow.tasks.errors.ConfigError: cannot write the database" in debug.stderr
+
 
 def free_port() -> int:
     import socket
