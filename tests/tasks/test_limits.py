@@ -404,3 +404,40 @@ def test_a_waiter_cancelled_while_queued_leaves_the_queue():
         return first.cancelled(), gate.in_use
 
     assert asyncio.run(scenario()) == (True, 1)
+
+
+def test_a_refunded_call_never_reached_the_server_and_leaves_every_window_at_once():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=100, tpm=1_000, rpd=150, count="texts")
+
+    async def scenario():
+        refused = await rl.acquire(100, 500)  # the connection was refused: nothing was counted upstream
+        rl.refund(refused)
+        assert rl.in_window == (0, 0)
+        # Admitted now, not a minute later; and within rpd 150 only because the refused call's
+        # 100 requests were given back to the day as well.
+        again = await rl.acquire(100, 500)
+        rl.complete(again)
+        return again
+
+    again = asyncio.run(scenario())
+    assert clock.sleeps == [] and again.admitted == 0.0
+
+
+def test_the_limit_holding_a_call_is_named_while_it_waits():
+    clock = FakeClock()
+    rl = limiter(clock, rpm=1_000, tpm=1_000)
+
+    async def scenario():
+        first = await rl.acquire(10, 900)
+        rl.complete(first)
+        assert rl.holding is None
+        waiter = asyncio.ensure_future(rl.acquire(10, 900))
+        await asyncio.sleep(0)
+        held = rl.holding
+        await waiter
+        return held
+
+    reason, until = asyncio.run(scenario())
+    assert reason == "tokens/min" and until == pytest.approx(60.0)
+    assert rl.holding is None  # admitted: nothing holds calls any more
