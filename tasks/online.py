@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -102,8 +103,24 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     failures: list[str] = []
     dead = 0
 
+    guard = threading.Lock()  # the sink and the clock below commit from worker threads
+
+    def locked(fn: Callable, *args: object):
+        with guard:
+            return fn(*args)
+
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
-        await asyncio.to_thread(writer.add, chunks, vectors)
+        await asyncio.to_thread(locked, writer.add, chunks, vectors)
+
+    async def commit_on_time() -> None:
+        # A throttled run may go a minute between results; without this its last group would
+        # wait that long, and a killed or cancelled run would lose it.
+        while True:
+            await asyncio.sleep(settings.write_group_seconds / 2)
+            try:
+                await asyncio.to_thread(locked, writer.commit_if_due)
+            except Exception:  # the final flush commits (and reports) whatever this could not
+                pass
 
     async def on_failed(items: list[EmbedFailure]) -> None:
         nonlocal dead
@@ -130,6 +147,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     watch = getattr(on_progress, "watch", None)
     if watch is not None:  # a terminal progress bar shows when the limiter holds calls
         watch(limiter)
+    clock = asyncio.ensure_future(commit_on_time())
     try:
         await embed_chunks(
             planner.select(corpus_chunks(settings, problems)),
@@ -140,12 +158,15 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         error = exc.add_facts(base_url=endpoint.base_url or "https://generativelanguage.googleapis.com")
     except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide
         error = exc
+    finally:
+        clock.cancel()
+        await asyncio.gather(clock, return_exceptions=True)
     # Stale rows are deleted only when the whole corpus was seen; after a failure the stream
     # stopped early and everything unseen would look deleted.
     if error is None:
         writer.delete(planner.stale_ids(delete_missing=settings.delete_missing,
                                         protected_docs=problems.protected_docs,
                                         unknown_problems=problems.unidentified))
-    await asyncio.to_thread(writer.flush)
+    await asyncio.to_thread(locked, writer.flush)
     return OnlineOutcome(planner.counts, problems, stats, writer.committed_rows, writer.deleted_rows,
                          dead, failures, error)

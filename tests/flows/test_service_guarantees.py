@@ -143,6 +143,33 @@ def test_cancelling_a_batch_run_cancels_its_live_jobs_only_when_asked(worker, se
         semu.admin.reset(jobs=True)  # no job of this test outlives it
 
 
+def test_cancelling_an_online_run_keeps_what_it_embedded_and_the_next_run_resumes(worker, semu, tmp_path):
+    """A throttled run commits its embedded group on time (write_group_seconds), not at its next result,
+    so cancelling it a minute before that result loses nothing it paid for."""
+    corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", 250)
+    db = tmp_path / "db"
+    # 100 texts a minute: the first call goes at once, the second would wait a minute.
+    run_id = start_deployment("on-demand", dict(corpus=str(corpus), db_uri=str(db), table="cancel-online",
+                                                 tier="unlimited", rpm=100))
+    wait_for("the first group committed", lambda: len(table_ids(db, "cancel-online")) == 100
+             if (db / "cancel-online.lance").exists() else None)
+    assert asyncio.run(flow_run(run_id)).state.is_running()  # waiting for its next minute of quota
+    asyncio.run(cancel(run_id))
+    run = asyncio.run(wait_final(run_id))
+    assert run.state.type.value == "CANCELLED", run.state_name
+    assert sorted(table_ids(db, "cancel-online")) == [f"doc-{i:03d}#0" for i in range(100)]
+    assert semu.admin.stats()["texts"] == 100
+
+    again = start_deployment("on-demand", dict(corpus=str(corpus), db_uri=str(db), table="cancel-online",
+                                               tier="unlimited"))
+    done = asyncio.run(wait_final(again))
+    assert done.state_name == "Completed", done.state.message
+    rows = asyncio.run(summary_rows(again, "cancel-online"))
+    assert rows["chunks embedded"] == 150 and rows["chunks unchanged"] == 100
+    ids = table_ids(db, "cancel-online")
+    assert len(ids) == len(set(ids)) == 250 and semu.admin.stats()["texts"] == 250
+
+
 # -- 8. the nightly deployment: concurrency_limit 1, CANCEL_NEW ----------------------------------
 
 
