@@ -26,6 +26,7 @@ from lancedb.expr import col
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import RecipeMismatchError, StoreError, TableNotFoundError
+from indexflow.tasks.memory import tune_process_memory
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, finalize_due, search_table
 
@@ -195,7 +196,9 @@ def connect(uri: str, *, create: bool = True, table: str | None = None,
 
     `lancedb.connect` makes the directory of a local URI, so a read-only command would leave an
     empty database behind wherever a typo pointed it; the existence check comes first.
+    The first connection also applies `tasks.memory.tune_process_memory` (once per process).
     """
+    tune_process_memory()
     path = local_path(uri)
     if not create and path is not None and not path.is_dir():
         raise TableNotFoundError(f"no LanceDB database at {uri} (no such directory); check --db, "
@@ -333,8 +336,19 @@ class VectorStore:
                 yield from map(ChunkKey, ids, docs, hashes)
 
     def existing_hashes(self, doc_ids: Iterable[str] | None = None) -> dict[str, str]:
-        """Chunk id -> content hash of what is indexed; about 210 bytes per row (43 MB at 200k rows)."""
-        return {key.id: key.content_hash for key in self.iter_chunk_keys(doc_ids)}
+        """Chunk id -> content hash of what is indexed; about 210 bytes per row (43 MB at 200k rows).
+
+        Reads only the two columns it returns, batch by batch, and builds no ChunkKey per row.
+        """
+        filters = [None] if doc_ids is None else [col("doc_id").isin(b) for b in _id_batches(doc_ids)]
+        hashes: dict[str, str] = {}
+        for where in filters:
+            query = self.table.search().select(["id", "content_hash"])
+            if where is not None:
+                query = query.where(where)
+            for batch in query.to_batches(8_192):
+                hashes.update(zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist()))
+        return hashes
 
     def doc_ids(self) -> set[str]:
         """Every document id with at least one indexed chunk."""

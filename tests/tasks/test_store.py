@@ -303,6 +303,15 @@ def test_concurrent_upserts_of_the_same_new_ids_leave_no_duplicates(tmp_path, st
 # -- reading what is indexed -----------------------------------------------------------------------
 
 
+def test_existing_hashes_reads_every_batch_of_a_table_larger_than_one_scan_batch(store):
+    chunks = make_chunks(20_000)
+    for start in range(0, 20_000, 5_000):
+        store.upsert(rows_from(chunks[start:start + 5_000], unit(5_000, seed=start)))
+    assert store.existing_hashes() == {f"d{i}#0": f"h{i}" for i in range(20_000)}
+    wanted = [f"d{i}" for i in range(0, 20_000, 7)]  # more ids than one IN (...) filter holds
+    assert store.existing_hashes(wanted) == {f"d{i}#0": f"h{i}" for i in range(0, 20_000, 7)}
+
+
 def test_existing_hashes_doc_ids_and_keys_by_document(store):
     store.upsert(rows_from(make_chunks(4) + make_chunks(2, doc_prefix="e"), unit(6)))
     assert store.doc_ids() == {"d0", "d1", "d2", "d3", "e0", "e1"}

@@ -1,0 +1,52 @@
+"""tasks.memory: the allocator settings a store connection applies, each in a fresh interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import json, os, sys
+import pyarrow as pa
+from indexflow.tasks.store import connect
+connect(sys.argv[1])
+print(json.dumps({"pool": pa.default_memory_pool().backend_name,
+                  "io": os.environ.get("LANCE_DEFAULT_IO_BUFFER_SIZE"),
+                  "batch": os.environ.get("LANCE_DEFAULT_BATCH_SIZE")}))
+"""
+
+
+def probe(tmp_path, **env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("ARROW_DEFAULT_MEMORY_POOL", "INDEXFLOW_TUNE_MEMORY", "LANCE_DEFAULT_IO_BUFFER_SIZE",
+                         "LANCE_DEFAULT_BATCH_SIZE")}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "db")], cwd=REPO, env=base | env,
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the glibc settings are Linux only")
+def test_a_connection_switches_arrow_to_the_system_pool_and_bounds_lance_readahead(tmp_path):
+    assert probe(tmp_path) == {"pool": "system", "io": str(16 * 1024 * 1024), "batch": "1024"}
+
+
+def test_settings_the_user_made_win(tmp_path):
+    got = probe(tmp_path, ARROW_DEFAULT_MEMORY_POOL="jemalloc", LANCE_DEFAULT_IO_BUFFER_SIZE="1048576")
+    assert got == {"pool": "jemalloc", "io": "1048576", "batch": "1024"}
+
+
+def test_it_can_be_turned_off(tmp_path):
+    got = probe(tmp_path, INDEXFLOW_TUNE_MEMORY="0")
+    assert got["io"] is None and got["batch"] is None and got["pool"] != "system"
+
+
+def test_it_applies_once(monkeypatch):
+    from indexflow.tasks import memory
+
+    monkeypatch.setattr(memory, "_done", True)
+    assert memory.tune_process_memory() == {}
