@@ -139,6 +139,9 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
     from indexflow.flows.pipeline import settings_from_params
     from indexflow.tasks.report import RunSummary
 
+    from indexflow.tasks.memory import tune_process_memory
+
+    tune_process_memory()  # this process is ours: keep its peak memory flat as the table grows
     api_key = os.environ.get("GEMINI_API_KEY") or None
     base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
     params = o.flow_params(corpus, t)

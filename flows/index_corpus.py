@@ -178,6 +178,9 @@ async def index_corpus(
     The API key is read from GEMINI_API_KEY or the Prefect Secret block `gemini-api-key`, never
     from a parameter; with neither, an emulator runs in this process.
     """
+    from indexflow.tasks.memory import tune_process_memory
+
+    tune_process_memory()  # a flow run's process (a worker's subprocess, the CLI) is indexflow's
     logger = get_run_logger()
     base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
     api_key = _api_key_from_environment()

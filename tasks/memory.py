@@ -7,7 +7,9 @@ then serves 1-30 MB buffers from per-thread heaps that fragment and are never re
 buffers made in Python go to pyarrow's jemalloc pool, which keeps its own arenas. And Lance
 reads ahead up to 2 GiB while it compacts or builds an index, so `optimize()` held about the
 whole table at once (977 MB peak at SciFact x10, 52k rows). `tune_process_memory` fixes the
-three, once per process, before LanceDB's threads start (`tasks.store.connect` calls it):
+three, once per process, before LanceDB's threads start. Only the processes indexflow owns call
+it — the `indexflow index` command and the flow's run — never a library call inside someone
+else's process, since the settings are process-wide:
 
 - glibc: a fixed 128 KiB mmap threshold (large buffers are mmapped and unmapped when freed) and
   at most 2 malloc arenas. Same as MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2; variables

@@ -159,7 +159,7 @@ class Settings(BaseModel):
     delete_missing: bool = True
     rebuild: bool = False
     retry_failed: bool = False
-    write_group_rows: int = Field(default=5_000, ge=1)
+    write_group_rows: int = Field(default=2_000, ge=1)  # smaller groups: merge_insert peaks at ~2.5x a group
     write_group_seconds: float = Field(default=5.0, gt=0)
 
     # the Batch API route (mode "batch", or "auto" above batch_threshold chunks)

@@ -26,7 +26,6 @@ from lancedb.expr import col
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import RecipeMismatchError, StoreError, TableNotFoundError
-from indexflow.tasks.memory import tune_process_memory
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.search import FinalizeReport, Hit, IndexPolicy, build_indexes, finalize_due, search_table
 
@@ -196,9 +195,7 @@ def connect(uri: str, *, create: bool = True, table: str | None = None,
 
     `lancedb.connect` makes the directory of a local URI, so a read-only command would leave an
     empty database behind wherever a typo pointed it; the existence check comes first.
-    The first connection also applies `tasks.memory.tune_process_memory` (once per process).
     """
-    tune_process_memory()
     path = local_path(uri)
     if not create and path is not None and not path.is_dir():
         raise TableNotFoundError(f"no LanceDB database at {uri} (no such directory); check --db, "

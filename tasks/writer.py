@@ -25,7 +25,7 @@ class GroupWriter:
         self,
         store: VectorStore,
         *,
-        group_rows: int = 5_000,
+        group_rows: int = 2_000,
         group_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The group writer's promises: the documented group size and age (5,000 rows or 5 s), exact
+"""The group writer's promises: the documented group size and age (2,000 rows or 5 s), exact
 boundaries, and that it touches the dead-letter table only when there are dead letters to clear."""
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ def store(tmp_path):
     return VectorStore.open(str(tmp_path), "idx", RECIPE)
 
 
-def test_default_groups_are_the_documented_5000_rows_or_5_seconds(store):
-    # README "Crash-safe writes": rows are upserted in groups (5,000 rows or 5 s).
+def test_default_groups_are_the_documented_2000_rows_or_5_seconds(store):
+    # README "Crash-safe writes": rows are upserted in groups (2,000 rows or 5 s).
     clock = FakeClock()
     writer = GroupWriter(store, clock=clock)
-    chunks, vectors = make_chunks(5_000), unit(5_000)
-    assert writer.add(chunks[:4_999], vectors[:4_999]) == 0
-    assert writer.add(chunks[4_999:], vectors[4_999:]) == 5_000, "the 5,000th row commits the group"
+    chunks, vectors = make_chunks(2_000), unit(2_000)
+    assert writer.add(chunks[:1_999], vectors[:1_999]) == 0
+    assert writer.add(chunks[1_999:], vectors[1_999:]) == 2_000, "the 2,000th row commits the group"
 
     assert writer.add(make_chunks(1, doc_prefix="late"), unit(1)) == 0
     clock.now += 4.999
     assert writer.commit_if_due() == 0
     clock.now += 0.001
     assert writer.commit_if_due() == 1, "a group 5 s old is committed"
-    assert (writer.commits, writer.committed_rows, store.count_rows()) == (2, 5_001, 5_001)
+    assert (writer.commits, writer.committed_rows, store.count_rows()) == (2, 2_001, 2_001)
 
 
 def test_a_group_is_committed_when_it_reaches_group_rows_exactly(store):
