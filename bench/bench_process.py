@@ -100,9 +100,9 @@ def free_port() -> int:
 
 
 def emulator_calls(url: str) -> int:
-    """The emulator's `calls` counter (online calls answered), stdlib only: polled every 5 ms."""
+    """The emulator's `calls.received` counter (online calls arrived, before its latency), stdlib only."""
     with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=5) as response:
-        return int(json.loads(response.read()).get("calls", 0))
+        return int(json.loads(response.read()).get("calls.received", 0))
 
 
 def start_emulator(workdir: Path, base_ms: float, per_text_ms: float) -> tuple[subprocess.Popen, str]:

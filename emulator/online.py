@@ -190,6 +190,7 @@ def _invalid(violations: list[tuple[str, str]], message: str) -> GoogleError:
 async def serve_embeddings(emu: Emulator, request: Request, items: list[EmbedItem], single: bool) -> Response:
     """Admit, delay, embed and answer one online call, applying the injected fault if any."""
     emu.concurrency.enter()
+    emu.stats.add("calls.received")  # on arrival, before any fault or latency: when a client first called
     try:
         fault = emu.faults.next_fault()
         if fault is not None:
