@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 import numpy as np
@@ -38,6 +39,10 @@ class IndexPolicy:
     num_partitions: int | None = None  # None: LanceDB's default from the row count
     nprobes: int = 20
     refine_factor: int | None = 20
+    # Compaction rewrites every small fragment, i.e. the whole table below a million rows; a
+    # handful of fragments scans as fast as one. So an edit or two only folds its rows into the
+    # indexes, and the table is compacted once this many fragments have piled up.
+    compact_above_fragments: int = 16
 
     def config(self):
         if self.kind == "IVF_RQ":
@@ -104,14 +109,20 @@ def finalize_due(table, policy: IndexPolicy, *, fts: bool = True) -> bool:
 
 
 def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool = False) -> FinalizeReport:
-    """Compact the table, then create the vector index (if big enough) and the full-text index.
+    """Compact the table (past `compact_above_fragments`), fold new rows into the existing indexes,
+    then create the vector index (if big enough) and the full-text index where missing.
 
-    `optimize()` also folds rows written since the last build into existing indexes, so an index
-    is only created when missing or when `rebuild` asks for retraining (after large growth).
+    An index is only created when missing or when `rebuild` asks for retraining (after large growth).
     """
     started = time.perf_counter()
     before = _fragments(table)
-    table.optimize()
+    if rebuild or before > policy.compact_above_fragments:
+        table.optimize()  # compaction, the new rows into the indexes, versions older than 7 days
+    else:
+        dataset = table.to_lance()
+        if table.list_indices():
+            dataset.optimize.optimize_indices()
+        dataset.cleanup_old_versions(older_than=timedelta(days=7))  # what optimize() prunes
     rows = table.count_rows()
     indexed = _indexed_columns(table)
     vector_state, fts_state = "none", "none"

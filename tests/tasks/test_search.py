@@ -26,7 +26,8 @@ def corpus(n=400, seed=5):
 def indexed(tmp_path_factory):
     """400 rows with a vector index forced by a low threshold, plus the full-text index."""
     path = str(tmp_path_factory.mktemp("search"))
-    store = VectorStore.open(path, "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=100, nprobes=50, refine_factor=50))
+    store = VectorStore.open(path, "idx", Recipe(dimensions=DIM),
+                             policy=IndexPolicy(min_rows=100, nprobes=50, refine_factor=50, compact_above_fragments=1))
     chunks, vectors = corpus()
     store.upsert(rows_from(chunks[:200], vectors[:200]))
     store.upsert(rows_from(chunks[200:], vectors[200:]))
@@ -44,6 +45,28 @@ def test_finalize_builds_vector_and_text_indexes_on_a_big_enough_table(indexed):
     assert (vector_index.index_type, vector_index.distance_type) == ("IVF_RQ", "dot")
     again = store.finalize()
     assert (again.vector_index, again.fts_index) == ("kept", "kept")
+
+
+def test_a_few_new_fragments_are_folded_into_the_indexes_without_rewriting_the_table(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM),
+                             policy=IndexPolicy(min_rows=100, compact_above_fragments=3))
+    chunks, vectors = corpus(310)
+    store.upsert(rows_from(chunks[:250], vectors[:250]))
+    assert store.finalize().fts_index == "created"
+    files_before = {f.data_files()[0].path for f in store.table.to_lance().get_fragments()}
+    store.upsert(rows_from(chunks[250:300], vectors[250:300]))  # an edit: one more fragment
+    report = store.finalize()
+    assert (report.fragments_before, report.fragments_after, report.rows) == (2, 2, 300)
+    files_after = {f.data_files()[0].path for f in store.table.to_lance().get_fragments()}
+    assert files_before < files_after  # the first 250 rows were not rewritten
+    for name in ("vector_idx", "text_idx"):
+        assert store.table.index_stats(name).num_unindexed_rows == 0  # the new rows are indexed
+    hits = store.search(None, k=3, text=chunks[280].text)
+    assert hits[0].id == chunks[280].id
+    for start in (300, 305):  # past the threshold, optimize() compacts (Lance merges the small ones)
+        store.upsert(rows_from(chunks[start:start + 5], vectors[start:start + 5]))
+    report = store.finalize()
+    assert report.fragments_before == 4 and report.fragments_after < 4 and report.rows == 310
 
 
 def test_small_table_gets_only_the_text_index(tmp_path):
