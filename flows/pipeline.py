@@ -30,6 +30,10 @@ T = TypeVar("T")
 STAGE_RETRY_DELAYS: dict[str, tuple[float, ...]] = {"embed-online": (10.0, 60.0), "embed-batch": (10.0, 60.0)}
 
 
+# How long a first run's embed stage runs alone before its plan is counted beside it.
+FIRST_CALL_HEADSTART_SECONDS = 1.0
+
+
 class StopRequest(asyncio.Event):
     """Set by the first SIGINT/SIGTERM: the run stops sending, commits what it has and ends."""
 
@@ -274,6 +278,8 @@ class _Run:
         progress = self.hooks.progress(self.settings, None, None)  # the total comes with the plan
         embedding = asyncio.ensure_future(self.embed(
             "embed-online", embed_online_stage, self.settings, self.endpoint(), None, progress, self.stop))
+        # Counting is CPU work in a thread: give the first calls a head start on the interpreter.
+        await asyncio.wait({embedding}, timeout=FIRST_CALL_HEADSTART_SECONDS)
         try:
             counts = await self.plan()
         except BaseException:
