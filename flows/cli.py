@@ -139,9 +139,6 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
     from indexflow.flows.pipeline import settings_from_params
     from indexflow.tasks.report import RunSummary
 
-    from indexflow.tasks.memory import tune_process_memory
-
-    tune_process_memory()  # this process is ours: keep its peak memory flat as the table grows
     api_key = os.environ.get("GEMINI_API_KEY") or None
     base_url = os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
     params = o.flow_params(corpus, t)
@@ -154,6 +151,9 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
         if emulated:
             _say_emulator()
         from indexflow.flows.local_run import TerminalHooks, run_local
+        from indexflow.tasks.memory import tune_process_memory
+
+        tune_process_memory()  # this process is ours: keep its peak memory flat as the table grows
 
         def stopped(result, code: int) -> None:
             print(f"stopped: kept {result.summary.chunks_embedded} chunks; run again to resume", file=sys.stderr)
