@@ -30,7 +30,8 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 app = App(
     name="indexflow",
     help="Keep a LanceDB vector index of a corpus fresh with Gemini embeddings.\n\n"
-    "Without GEMINI_API_KEY every command uses the built-in Gemini API emulator.",
+    "Without GEMINI_API_KEY every command uses the built-in Gemini API emulator. Errors are one line; "
+    "add --debug to any command for the traceback.",
     result_action="return_value",
     # Explicit: cyclopts guesses from the calling module and prints 0.0.0 under `python -m`.
     version=__version__,
