@@ -8,6 +8,12 @@ scenario in a fresh Python process, against an emulator in a SEPARATE process (s
 unless --url is given), so the emulator's memory is never counted. Scenarios per scale, on one
 database: `first` (empty table), `noop` (nothing changed), `edit` (one document's text changed).
 
+The child tunes its allocators first, as the CLI does (tasks.memory.tune_process_memory; off
+with --env INDEXFLOW_TUNE_MEMORY=0). Its phases follow the planned path (plan, then embed: what
+`indexflow index --mode auto` does); a CLI first run plans concurrently with embedding instead,
+which measured the same peak (SciFact x1 346 vs 346 MB, x10 401-409 vs 405 MB). For whole CLI
+processes use bench/bench_process.py.
+
 Each phase's peak is read from VmHWM after resetting it (`echo 5 > /proc/self/clear_refs`), so
 phases do not hide one another: imports, plan (plan_run), embed (run_online: planner, embedding,
 merge_insert), finalize (optimize + indexes). `peak` is the process's peak over all phases
@@ -64,6 +70,10 @@ def child(corpus: str, db: str, url: str, key: str) -> None:
     """One run of the pipeline in this process; prints its phases as JSON on the last line."""
     base = _status("VmRSS")
     phases = Phases()
+    # What `indexflow index` does first (flows/cli.py); tasks.store.connect no longer does it.
+    from indexflow.tasks.memory import tune_process_memory
+
+    tune_process_memory()  # a no-op under INDEXFLOW_TUNE_MEMORY=0
     import asyncio
 
     import numpy  # noqa: F401
