@@ -5,7 +5,7 @@
 
 For SciFact x1 and x10 (each document 10 times, ids `{id}-r{k}`, text ending ` (copy k)`), the wall
 time and peak RSS of whole `indexflow index ... --tier unlimited --json` processes: the first run into
-an empty table (and when its first API call was answered, counted from Popen), a no-op re-run
+an empty table (and when its first API call reached the emulator, counted from Popen), a no-op re-run
 (0 API calls) and a run after one document's text changed (1 chunk embedded). Beside them the floor: a plain-Python
 process that reads the corpus, SHA-256s every document and reads the table's `id` and
 `content_hash` columns, which any re-run has to do at least. Floor and no-op alternate 3 times

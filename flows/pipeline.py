@@ -115,7 +115,7 @@ def raise_if_retryable(outcome: Any) -> Any:
     raise error
 
 
-async def embed_online_stage(settings: Settings, endpoint: Endpoint, total: int, progress: ProgressSink,
+async def embed_online_stage(settings: Settings, endpoint: Endpoint, total: int | None, progress: ProgressSink,
                              stop: asyncio.Event | None = None) -> Any:
     """The whole micro-batch pipeline; a transient stage failure is raised for a stage retry."""
     from indexflow.tasks.online import run_online
@@ -237,11 +237,9 @@ class _Run:
         endpoint, _ = self.endpoints.enter_context(self.connect())
         return endpoint
 
-    async def plan(self) -> PlanCounts:
-        counts, problems = await _unless_stopped(
-            asyncio.ensure_future(self.hooks.stage("plan", plan_stage, self.settings)), self.stop)
-        self.outcome = replace(self.outcome, plan=counts, problems=problems)
-        return counts
+    async def plan(self, settings: Settings | None = None) -> tuple[PlanCounts, ProblemLog]:
+        return await _unless_stopped(
+            asyncio.ensure_future(self.hooks.stage("plan", plan_stage, settings or self.settings)), self.stop)
 
     def tell_plan(self, counts: PlanCounts) -> Forecast:
         fc = forecast(counts.chunks_to_embed, counts.tokens_to_embed, batch_size=self.settings.batch_size,
@@ -255,7 +253,8 @@ class _Run:
 
     async def planned_run(self) -> None:
         """Plan, choose the route, then embed what the plan found (nothing at all when nothing changed)."""
-        counts = await self.plan()
+        counts, problems = await self.plan()
+        self.outcome = replace(self.outcome, plan=counts, problems=problems)
         batch = BatchOptions.from_settings(self.settings)
         self.route = choose_route(self.settings.mode, counts.chunks_to_embed, threshold=batch.threshold,
                                   deadline_seconds=batch.deadline_seconds,
@@ -280,8 +279,12 @@ class _Run:
             "embed-online", embed_online_stage, self.settings, self.endpoint(), None, progress, self.stop))
         # Counting is CPU work in a thread: give the first calls a head start on the interpreter.
         await asyncio.wait({embedding}, timeout=FIRST_CALL_HEADSTART_SECONDS)
+        if embedding.done():  # a small corpus: the embed stage counted it all as it went
+            self.tell_plan(self.outcome.plan)
+            return
         try:
-            counts = await self.plan()
+            # Counted as against an empty table (what it was), not against the rows being written.
+            counts, _ = await self.plan(self.settings.model_copy(update={"rebuild": True}))
         except BaseException:
             embedding.cancel()
             await asyncio.gather(embedding, return_exceptions=True)

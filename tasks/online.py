@@ -6,6 +6,8 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +19,13 @@ from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import Planner, PlanCounts
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
-from indexflow.tasks.store import FailedItem, VectorStore
-from indexflow.tasks.writer import GroupWriter
+from indexflow.tasks.writer_lock import is_local
+
+DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
+
+if TYPE_CHECKING:  # LanceDB is imported on first use: a first run sends its first call meanwhile
+    from indexflow.tasks.store import VectorStore
+    from indexflow.tasks.writer import GroupWriter
 
 
 def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:
@@ -37,14 +44,30 @@ def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:
 
 def open_store(settings: Settings, *, rebuild: bool | None = None) -> VectorStore:
     """The run's table, created for the settings' recipe if missing (RecipeMismatchError if another)."""
+    from indexflow.tasks.store import VectorStore
+
     return VectorStore.open(settings.db_uri, settings.table, settings.recipe,
                             rebuild=settings.rebuild if rebuild is None else rebuild)
+
+
+def nothing_written_yet(settings: Settings) -> bool:
+    """True only for a local database where neither the table nor its dead letters exist on disk:
+    no run (nor an earlier attempt of this one) committed anything to compare with."""
+    if settings.rebuild or not is_local(settings.db_uri):
+        return False
+    root = Path(settings.db_uri.removeprefix("file://")).expanduser()
+    return not any((root / f"{name}.lance").exists()
+                   for name in (settings.table, f"{settings.table}{DEAD_LETTER_SUFFIX}"))
 
 
 def table_is_empty(settings: Settings) -> bool:
     """True when the run's table does not exist yet or holds no row: a first run, where everything is new."""
     if settings.rebuild:
         return True
+    if nothing_written_yet(settings):  # known without importing LanceDB
+        return True
+    from indexflow.tasks.store import VectorStore
+
     try:
         store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
     except StoreError:
@@ -59,6 +82,8 @@ def make_planner(store: VectorStore, settings: Settings) -> Planner:
 
 def plan_run(settings: Settings) -> tuple[PlanCounts, ProblemLog]:
     """Read and chunk the corpus against the table without calling the API: what a run would do."""
+    from indexflow.tasks.store import VectorStore
+
     store = None
     if not settings.rebuild:
         try:
@@ -94,12 +119,17 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     """Embed what changed and write it; on a fatal error (or `stop`) keep what was committed and report it.
 
     The table is the record of progress: a re-run after any failure plans again from what is
-    committed, so nothing is embedded twice and nothing is lost.
+    committed, so nothing is embedded twice and nothing is lost. When nothing was ever written
+    (`nothing_written_yet`) there is nothing to compare with, so the table opens while the first
+    calls are already on their way.
     """
-    store = await asyncio.to_thread(open_store, settings)
-    planner = await asyncio.to_thread(make_planner, store, settings)
+    opening = asyncio.ensure_future(asyncio.to_thread(_open_for_writing, settings))
+    if nothing_written_yet(settings):
+        planner = Planner({})
+    else:
+        store, _ = await opening
+        planner = await asyncio.to_thread(make_planner, store, settings)
     problems = ProblemLog()
-    writer = GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)
     failures: list[str] = []
     dead = 0
 
@@ -110,11 +140,13 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
             return fn(*args)
 
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
+        _, writer = await opening
         await asyncio.to_thread(locked, writer.add, chunks, vectors)
 
     async def commit_on_time() -> None:
         # A throttled run may go a minute between results; without this its last group would
         # wait that long, and a killed or cancelled run would lose it.
+        _, writer = await opening
         while True:
             await asyncio.sleep(settings.write_group_seconds / 2)
             try:
@@ -123,7 +155,10 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
                 pass
 
     async def on_failed(items: list[EmbedFailure]) -> None:
+        from indexflow.tasks.store import FailedItem
+
         nonlocal dead
+        store, _ = await opening
         dead += len(items)
         failures.extend(f"{i.chunk.id} ({i.chunk.source}): {i.error}" for i in items[: max(0, 20 - len(failures))])
         rows = [FailedItem.from_chunk(i.chunk, i.error, i.attempts, i.failed_at) for i in items]
@@ -161,6 +196,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     finally:
         clock.cancel()
         await asyncio.gather(clock, return_exceptions=True)
+    _, writer = await opening  # a table that cannot be opened fails the stage here, nothing written
     # Stale rows are deleted only when the whole corpus was seen; after a failure the stream
     # stopped early and everything unseen would look deleted.
     if error is None:
@@ -170,3 +206,10 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     await asyncio.to_thread(locked, writer.flush)
     return OnlineOutcome(planner.counts, problems, stats, writer.committed_rows, writer.deleted_rows,
                          dead, failures, error)
+
+
+def _open_for_writing(settings: Settings) -> tuple[VectorStore, GroupWriter]:
+    from indexflow.tasks.writer import GroupWriter
+
+    store = open_store(settings)
+    return store, GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)

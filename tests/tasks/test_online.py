@@ -390,3 +390,21 @@ def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(c
     summary = summarize(settings(write_jsonl(corpus, make_docs(4)), tmp_path), "emulator", "online", out, 1.0)
     assert (summary.chunks_embedded, summary.chunks_deleted, summary.dead_lettered, summary.failures) == (0, 0, 0, [])
     assert summary.plan == counts and summary.status == "completed"
+
+
+def test_only_a_database_with_nothing_on_disk_skips_reading_the_table(tmp_path):
+    from indexflow.tasks.online import nothing_written_yet
+    from indexflow.tasks.store import DEAD_LETTER_SUFFIX
+    from indexflow.tasks.online import DEAD_LETTER_SUFFIX as mirrored
+
+    assert mirrored == DEAD_LETTER_SUFFIX
+    db = tmp_path / "db"
+    s = Settings(corpus=tmp_path, db_uri=str(db), table="kb")
+    assert nothing_written_yet(s)
+    (db / "kb__dead_letters.lance").mkdir(parents=True)  # an earlier attempt dead-lettered chunks
+    assert not nothing_written_yet(s)
+    (db / "kb__dead_letters.lance").rmdir()
+    (db / "kb.lance").mkdir()
+    assert not nothing_written_yet(s)
+    assert not nothing_written_yet(s.model_copy(update={"db_uri": "s3://bucket/db"}))
+    assert not nothing_written_yet(s.model_copy(update={"rebuild": True, "db_uri": str(tmp_path / "other")}))
