@@ -315,7 +315,8 @@ def test_failed_job_fails_the_run_when_configured(emu, endpoint, corpus_300, tmp
 
 
 def test_two_runs_while_a_job_runs_create_one_job(emu, endpoint, corpus_300, tmp_path):
-    emu.admin.set_batch_config({"running_seconds": 1.5})
+    # Alive long enough for two runs on a loaded machine (1.5 s was not); the third run waits it out.
+    emu.admin.set_batch_config({"running_seconds": 8.0})
     s = settings_for(corpus_300, tmp_path)
     first = batch(s, endpoint, wait_limit_seconds=0.1)
     second = batch(s, endpoint, wait_limit_seconds=0.1)
