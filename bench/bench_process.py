@@ -352,8 +352,8 @@ def report(results: dict) -> None:
     for name, wall, rss in rows:
         print(f"{name:<{width}} | {wall:7.2f} | {rss:11.0f}")
     for label, c in results["corpora"].items():
-        print(f"{label}: {c['docs']:,} docs, {c['chunks']:,} chunks; first API call answered "
-              f"{c['first']['first_call_s']} s after Popen (the counter moves once the emulator's latency is served)")
+        print(f"{label}: {c['docs']:,} docs, {c['chunks']:,} chunks; first API call reached the emulator "
+              f"{c['first']['first_call_s']} s after Popen")
     print(f"(no RSS figure can be below this bench process's own peak, {results['bench_peak_rss_mb']:.0f} MB)\n")
     for a in results["acceptance"]:
         value = "n/a" if a["value"] is None else f"{a['value']:.3f}"
