@@ -41,7 +41,8 @@ class IndexPolicy:
     refine_factor: int | None = 20
     # Compaction rewrites every small fragment, i.e. the whole table below a million rows; a
     # handful of fragments scans as fast as one. So an edit or two only folds its rows into the
-    # indexes, and the table is compacted once this many fragments have piled up.
+    # indexes, and the table is compacted once this many fragments have piled up. (Folding alone
+    # needs pylance; with lancedb alone every finalize compacts.)
     compact_above_fragments: int = 16
 
     def config(self):
@@ -116,10 +117,15 @@ def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool
     """
     started = time.perf_counter()
     before = _fragments(table)
-    if rebuild or before > policy.compact_above_fragments:
+    dataset = None
+    if not rebuild and before <= policy.compact_above_fragments:
+        try:
+            dataset = table.to_lance()  # needs pylance (the dev and interop extras install it)
+        except ImportError:
+            dataset = None  # lancedb alone offers only the whole optimize()
+    if dataset is None:
         table.optimize()  # compaction, the new rows into the indexes, versions older than 7 days
     else:
-        dataset = table.to_lance()
         if table.list_indices():
             dataset.optimize.optimize_indices()
         dataset.cleanup_old_versions(older_than=timedelta(days=7))  # what optimize() prunes

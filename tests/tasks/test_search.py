@@ -69,6 +69,39 @@ def test_a_few_new_fragments_are_folded_into_the_indexes_without_rewriting_the_t
     assert report.fragments_before == 4 and report.fragments_after < 4 and report.rows == 310
 
 
+def test_without_pylance_finalize_compacts_and_indexes_as_lancedb_alone_can(tmp_path):
+    import subprocess
+    import sys
+
+    # lancedb does not depend on pylance; a plain `pip install indexflow` has no `lance` module.
+    probe = f"""
+import importlib.abc, sys
+
+class NoPylance(importlib.abc.MetaPathFinder):  # `import lance` fails as it does without pylance
+    def find_spec(self, name, path, target=None):
+        if name == "lance" or name.startswith("lance."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, NoPylance())
+from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.search import IndexPolicy
+from indexflow.tasks.store import VectorStore, rows_from
+from tests.tasks.test_search import corpus
+store = VectorStore.open({str(tmp_path)!r}, "idx", Recipe(dimensions={DIM}), policy=IndexPolicy(min_rows=10_000))
+chunks, vectors = corpus(60)
+store.upsert(rows_from(chunks[:30], vectors[:30]))
+store.upsert(rows_from(chunks[30:], vectors[30:]))
+r = store.finalize()
+print(r.rows, r.fragments_before, r.fragments_after, r.fts_index)
+"""
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["60", "2", "1", "created"]
+
+
 def test_small_table_gets_only_the_text_index(tmp_path):
     store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=1_000))
     chunks, vectors = corpus(50)
