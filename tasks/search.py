@@ -117,18 +117,21 @@ def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool
     """
     started = time.perf_counter()
     before = _fragments(table)
-    dataset = None
-    if not rebuild and before <= policy.compact_above_fragments:
-        try:
-            dataset = table.to_lance()  # needs pylance (the dev and interop extras install it)
-        except ImportError:
-            dataset = None  # lancedb alone offers only the whole optimize()
-    if dataset is None:
-        table.optimize()  # compaction, the new rows into the indexes, versions older than 7 days
+    few = not rebuild and before <= policy.compact_above_fragments
+    if few and not table.list_indices():
+        pass  # a first build: the indexes created below cover every row; nothing to fold or compact
     else:
-        if table.list_indices():
+        dataset = None
+        if few:
+            try:
+                dataset = table.to_lance()  # needs pylance (the dev and interop extras install it)
+            except ImportError:
+                dataset = None  # lancedb alone offers only the whole optimize()
+        if dataset is None:
+            table.optimize()  # compaction, the new rows into the indexes, versions older than 7 days
+        else:
             dataset.optimize.optimize_indices()
-        dataset.cleanup_old_versions(older_than=timedelta(days=7))  # what optimize() prunes
+            dataset.cleanup_old_versions(older_than=timedelta(days=7))  # what optimize() prunes
     rows = table.count_rows()
     indexed = _indexed_columns(table)
     vector_state, fts_state = "none", "none"

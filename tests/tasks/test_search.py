@@ -91,15 +91,20 @@ store = VectorStore.open({str(tmp_path)!r}, "idx", Recipe(dimensions={DIM}), pol
 chunks, vectors = corpus(60)
 store.upsert(rows_from(chunks[:30], vectors[:30]))
 store.upsert(rows_from(chunks[30:], vectors[30:]))
-r = store.finalize()
-print(r.rows, r.fragments_before, r.fragments_after, r.fts_index)
+first = store.finalize()  # a first build indexes every row: no compaction needed
+store.upsert(rows_from(chunks[:1], vectors[:1] * -1))  # an edit
+edit = store.finalize()  # without pylance, folding the edit in means optimize(): compaction
+print(first.rows, first.fragments_before, first.fragments_after, first.fts_index,
+      edit.fragments_before, edit.fragments_after, store.table.index_stats("text_idx").num_unindexed_rows)
 """
     from pathlib import Path
 
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["60", "2", "1", "created"]
+    first_rows, first_before, first_after, fts, edit_before, edit_after, unindexed = out.stdout.split()
+    assert (first_rows, first_before, first_after, fts) == ("60", "2", "2", "created")
+    assert int(edit_after) < int(edit_before) and unindexed == "0"
 
 
 def test_small_table_gets_only_the_text_index(tmp_path):
