@@ -95,18 +95,17 @@ def _indexed_columns(table) -> dict[str, str]:
 
 
 def finalize_due(table, policy: IndexPolicy, *, fts: bool = True) -> bool:
-    """Whether `build_indexes` has work: small fragments to merge (rows written since the last
-    build, which also sit outside the indexes) or an index missing. Reads metadata only."""
+    """Whether `build_indexes` has work: an index missing, rows outside an index (written since the
+    last build), or fragments past the compaction threshold. Reads metadata only."""
     rows = table.count_rows()
     if not rows:
         return False
     indexed = _indexed_columns(table)
     if (fts and "text" not in indexed) or (rows >= policy.min_rows and "vector" not in indexed):
         return True
-    stats = table.stats()
-    frag = stats["fragment_stats"] if isinstance(stats, dict) else stats.fragment_stats
-    small = frag["num_small_fragments"] if isinstance(frag, dict) else frag.num_small_fragments
-    return small > 1
+    if _fragments(table) > policy.compact_above_fragments:
+        return True
+    return any(table.index_stats(index.name).num_unindexed_rows for index in table.list_indices())
 
 
 def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool = False) -> FinalizeReport:

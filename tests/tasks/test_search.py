@@ -192,3 +192,18 @@ def test_snippet_cuts_at_a_word_and_flattens_lines():
     assert snippet.endswith(" …")
     assert len(snippet) <= 52
     assert Hit(1, 0.9, "cosine", "a#0", "a", 0, "t", "short", "s").snippet() == "short"
+
+
+def test_finalize_is_due_only_when_it_has_work(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=10_000))
+    assert not store.finalize_due()  # an empty table
+    chunks, vectors = corpus(40)
+    store.upsert(rows_from(chunks[:20], vectors[:20]))
+    store.upsert(rows_from(chunks[20:30], vectors[20:30]))
+    assert store.finalize_due()  # no full-text index yet
+    store.finalize()
+    assert not store.finalize_due()  # two fragments, every row indexed: an unchanged re-run does nothing
+    store.upsert(rows_from(chunks[30:], vectors[30:]))
+    assert store.finalize_due()  # ten rows outside the index
+    store.finalize()
+    assert not store.finalize_due()
