@@ -40,10 +40,10 @@ class IndexPolicy:
     nprobes: int = 20
     refine_factor: int | None = 20
     # Compaction rewrites every small fragment, i.e. the whole table below a million rows; a
-    # handful of fragments scans as fast as one. So an edit or two only folds its rows into the
+    # few dozen fragments scan as fast as one. So an edit or two only folds its rows into the
     # indexes, and the table is compacted once this many fragments have piled up. (Folding alone
     # needs pylance; with lancedb alone every finalize compacts.)
-    compact_above_fragments: int = 16
+    compact_above_fragments: int = 64
 
     def config(self):
         if self.kind == "IVF_RQ":
