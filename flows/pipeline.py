@@ -280,6 +280,7 @@ class _Run:
         # Counting is CPU work in a thread: give the first calls a head start on the interpreter.
         await asyncio.wait({embedding}, timeout=FIRST_CALL_HEADSTART_SECONDS)
         if embedding.done():  # a small corpus: the embed stage counted it all as it went
+            embedding.result()  # what is not an IndexflowError (a crash, a cancellation) propagates
             self.tell_plan(self.outcome.plan)
             return
         try:

@@ -139,14 +139,15 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         with guard:
             return fn(*args)
 
+    # Shielded: a cancelled waiter (the clock, a stopping stage) must not cancel the opening itself.
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
-        _, writer = await opening
+        _, writer = await asyncio.shield(opening)
         await asyncio.to_thread(locked, writer.add, chunks, vectors)
 
     async def commit_on_time() -> None:
         # A throttled run may go a minute between results; without this its last group would
         # wait that long, and a killed or cancelled run would lose it.
-        _, writer = await opening
+        _, writer = await asyncio.shield(opening)
         while True:
             await asyncio.sleep(settings.write_group_seconds / 2)
             try:
@@ -158,7 +159,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         from indexflow.tasks.store import FailedItem
 
         nonlocal dead
-        store, _ = await opening
+        store, _ = await asyncio.shield(opening)
         dead += len(items)
         failures.extend(f"{i.chunk.id} ({i.chunk.source}): {i.error}" for i in items[: max(0, 20 - len(failures))])
         rows = [FailedItem.from_chunk(i.chunk, i.error, i.attempts, i.failed_at) for i in items]

@@ -213,9 +213,22 @@ def open_or_none(db: lancedb.DBConnection, name: str):
 
 
 def _ensure_key(table, key: str):
-    """Make sure `key` is the declared primary key: without it concurrent upserts duplicate rows."""
-    if not any(k.startswith(b"lance-schema:unenforced-primary-key") for k in (table.schema.field(key).metadata or {})):
-        table.set_unenforced_primary_key(key)
+    """Make sure `key` is the declared primary key: without it concurrent upserts duplicate rows.
+
+    Writers opening a new table at once race to declare it; Lance refuses all but one ("retryable
+    commit conflict" or "incompatible transaction"), and the schema, re-read, then shows the key."""
+    conflicts = 0
+    while not any(k.startswith(b"lance-schema:unenforced-primary-key")
+                  for k in (table.schema.field(key).metadata or {})):  # the schema is re-read on every access
+        try:
+            table.set_unenforced_primary_key(key)
+        except RuntimeError as exc:
+            text = str(exc).lower()
+            if "commit conflict" not in text and "incompatible transaction" not in text:
+                raise
+            conflicts += 1
+            if conflicts == MIGRATE_ATTEMPTS:
+                raise
     return table
 
 
