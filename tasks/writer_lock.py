@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
-from indexflow.tasks.errors import ConfigError, StoreError, TableBusyError
+from indexflow.tasks.errors import ConfigError, TableBusyError
 
 Backend = Literal["auto", "file", "prefect"]
 
