@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +18,7 @@ from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import Planner, PlanCounts
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
-from indexflow.tasks.writer_lock import is_local
+from indexflow.tasks.writer_lock import is_local, local_root
 
 DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
 
@@ -55,7 +54,7 @@ def nothing_written_yet(settings: Settings) -> bool:
     no run (nor an earlier attempt of this one) committed anything to compare with."""
     if settings.rebuild or not is_local(settings.db_uri):
         return False
-    root = Path(settings.db_uri.removeprefix("file://")).expanduser()
+    root = local_root(settings.db_uri)
     return not any((root / f"{name}.lance").exists()
                    for name in (settings.table, f"{settings.table}{DEAD_LETTER_SUFFIX}"))
 

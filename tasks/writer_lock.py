@@ -54,10 +54,14 @@ def writer_limit_name(db_uri: str, table: str) -> str:
     return f"indexflow-writer-{slug}-{digest}"
 
 
+def local_root(db_uri: str) -> Path:
+    """The directory of a local database URI (a path or file://), without importing LanceDB."""
+    return Path(db_uri.removeprefix("file://")).expanduser()
+
+
 def lock_path(db_uri: str, table: str) -> Path:
     """The lock file guarding a local table (beside the table, outside its `.lance` directory)."""
-    root = Path(db_uri.removeprefix("file://")).expanduser().resolve()
-    return root / LOCK_DIR / f"{table}.lock"
+    return local_root(db_uri).resolve() / LOCK_DIR / f"{table}.lock"
 
 
 @asynccontextmanager
