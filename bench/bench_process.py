@@ -149,7 +149,7 @@ def measure(argv: list[str], env: dict[str, str], cwd: Path, poll_url: str | Non
     done = threading.Event()
 
     def poll(baseline: int) -> None:
-        # The counter moves when an answer is sent, i.e. after the emulator's latency for that call.
+        # The counter moves when a call arrives, before the emulator's latency for it.
         while not done.is_set():
             if emulator_calls(poll_url) > baseline:
                 seen.append(time.perf_counter())

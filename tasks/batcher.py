@@ -28,9 +28,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequen
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import (
@@ -45,7 +43,6 @@ from indexflow.tasks.errors import (
     TransientAPIError,
 )
 from indexflow.tasks.limits import AdaptiveConcurrency, RateLimiter
-from indexflow.tasks.normalize import find_bad_rows, l2_normalize
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.retry import BatchOutcome, Failure, RetryPolicy, embed_resolving
 from indexflow.tasks.settings import Limits, Settings
@@ -53,8 +50,11 @@ from indexflow.tasks.settings import Limits, Settings
 MAX_BATCH = 100  # texts per batchEmbedContents call, a hard API limit
 READ_BLOCK = 64  # chunks pulled per thread hop from a synchronous iterable
 
-EmbedFn = Callable[[Sequence[Chunk]], Awaitable[np.ndarray]]
-Sink = Callable[[list[Chunk], np.ndarray], Any]
+if TYPE_CHECKING:  # numpy loads with the first answer, not before the first call
+    import numpy as np
+
+EmbedFn = Callable[[Sequence[Chunk]], Awaitable["np.ndarray"]]
+Sink = Callable[[list[Chunk], "np.ndarray"], Any]
 FailedSink = Callable[[list["FailedItem"]], Any]
 Progress = Callable[[int, int | None], None]
 
@@ -416,6 +416,8 @@ class _Pipeline:
                     self.limiter.complete(permit)
                 else:
                     self.limiter.refund(permit)
+            from indexflow.tasks.normalize import find_bad_rows, l2_normalize
+
             bad = find_bad_rows(raw)
             if bad:
                 self.stats.other_errors += 1

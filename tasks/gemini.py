@@ -16,9 +16,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 from google import genai
 from google.genai import errors as genai_errors
@@ -62,6 +61,9 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = tuple(
 _REQUEST_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.RequestError,)
 ) + ((_aiohttp.ClientConnectionError, _aiohttp.ClientPayloadError) if _aiohttp is not None else ())
+
+if TYPE_CHECKING:  # numpy loads with the first answer: the first call need not wait for it
+    import numpy as np
 
 TITLE_TASK_TYPES = frozenset({"RETRIEVAL_DOCUMENT"})
 
@@ -156,6 +158,8 @@ def parse_embeddings(body: str | bytes | None, *, expected: int, dim: int) -> np
             expected=expected,
             got=len(rows),
         )
+    import numpy as np
+
     try:
         vectors = np.asarray(rows, dtype=np.float32)
     except (ValueError, TypeError):

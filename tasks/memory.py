@@ -60,11 +60,17 @@ def tune_process_memory() -> dict[str, str]:
     if sys.platform.startswith("linux"):
         applied |= _tune_glibc()
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        import pyarrow as pa
-
-        if pa.default_memory_pool().backend_name != "system":
-            pa.set_memory_pool(pa.system_memory_pool())
+        if "pyarrow" not in sys.modules:
+            # Arrow reads the variable when its default pool is first made: no need to import
+            # pyarrow (and numpy) here, before a first run's first API call.
+            os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
             applied["arrow_pool"] = "system"
+        else:
+            import pyarrow as pa
+
+            if pa.default_memory_pool().backend_name != "system":
+                pa.set_memory_pool(pa.system_memory_pool())
+                applied["arrow_pool"] = "system"
     return applied
 
 

@@ -8,9 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, embed_chunks
+from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, default_embed, embed_chunks
 from indexflow.tasks.chunk import Chunk, chunk_documents
 from indexflow.tasks.errors import EndpointUnreachableError, StoreError
 from indexflow.tasks.corpus import read_corpus
@@ -22,7 +20,9 @@ from indexflow.tasks.writer_lock import is_local, local_root
 
 DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
 
-if TYPE_CHECKING:  # LanceDB is imported on first use: a first run sends its first call meanwhile
+if TYPE_CHECKING:  # LanceDB (and numpy) load on first use: a first run sends its first call meanwhile
+    import numpy as np
+
     from indexflow.tasks.store import VectorStore
     from indexflow.tasks.writer import GroupWriter
 
@@ -122,8 +122,19 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     (`nothing_written_yet`) there is nothing to compare with, so the table opens while the first
     calls are already on their way.
     """
-    opening = asyncio.ensure_future(asyncio.to_thread(_open_for_writing, settings))
-    if nothing_written_yet(settings):
+    fresh = nothing_written_yet(settings)
+    # On a first run LanceDB loads once the first call is on the wire: before, its import would
+    # only slow that call down; after, it costs nothing while the call waits for its answer.
+    first_call = asyncio.Event()
+    if not fresh:
+        first_call.set()
+
+    async def open_table() -> tuple[VectorStore, GroupWriter]:
+        await first_call.wait()
+        return await asyncio.to_thread(_open_for_writing, settings)
+
+    opening = asyncio.ensure_future(open_table())
+    if fresh:
         planner = Planner({})
     else:
         store, _ = await opening
@@ -164,20 +175,21 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         rows = [FailedItem.from_chunk(i.chunk, i.error, i.attempts, i.failed_at) for i in items]
         await asyncio.to_thread(store.record_failures, rows)
 
-    embed = None
+    options = EmbedOptions.from_settings(settings)
     if endpoint is None:  # the plan found nothing to embed: no client (and no SDK import) is needed
         async def embed(chunks):
             raise StoreError("the corpus changed while this run read it (a chunk to embed appeared after "
                              "planning found none); run again")
-    if endpoint is not None:
+    else:
         from indexflow.tasks.gemini import make_client  # imports google-genai: only when there is work
 
-        client = make_client(endpoint)
-    else:
-        client = None
+        call = default_embed(make_client(endpoint), options.recipe)
+
+        async def embed(chunks):
+            first_call.set()
+            return await call(chunks)
     error: BaseException | None = None
     stats = EmbedStats()  # filled in place: a stopped stage still reports what it spent
-    options = EmbedOptions.from_settings(settings)
     limiter = RateLimiter(options.limits)
     watch = getattr(on_progress, "watch", None)
     if watch is not None:  # a terminal progress bar shows when the limiter holds calls
@@ -186,7 +198,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     try:
         await embed_chunks(
             planner.select(corpus_chunks(settings, problems)),
-            client=client, embed=embed, options=options, sink=sink, on_failed=on_failed,
+            embed=embed, options=options, sink=sink, on_failed=on_failed,
             on_progress=on_progress, total=total, stats=stats, limiter=limiter, stop=stop,
         )
     except EndpointUnreachableError as exc:
@@ -194,6 +206,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     except Exception as exc:  # fatal for the stage: commit what we have, then let the caller decide
         error = exc
     finally:
+        first_call.set()  # a run that sent no call still opens the table, to commit and delete
         clock.cancel()
         await asyncio.gather(clock, return_exceptions=True)
     _, writer = await opening  # a table that cannot be opened fails the stage here, nothing written

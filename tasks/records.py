@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import orjson
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from indexflow.tasks.document import Document, Fields, ReadRun
 from indexflow.tasks.errors import ConfigError
+
+if TYPE_CHECKING:  # pyarrow is imported by the Parquet and CSV readers only: a JSONL run never loads it
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
 
 DATA_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 DEFAULT_ID_FIELDS = ("id", "_id")  # "_id" makes BEIR's corpus.jsonl work as is
@@ -163,6 +166,8 @@ def _read_table(
     prefix: str,
     run: ReadRun,
 ) -> Iterator[Document]:
+    import pyarrow as pa
+
     row = 0
     try:
         for batch in batches:
@@ -176,6 +181,9 @@ def _read_table(
 
 
 def _read_parquet(path: Path, prefix: str, run: ReadRun, *, top_level: bool) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     source = str(path)
     try:
         parquet = pq.ParquetFile(path)
@@ -190,6 +198,9 @@ def _read_parquet(path: Path, prefix: str, run: ReadRun, *, top_level: bool) -> 
 
 
 def _read_csv(path: Path, prefix: str, run: ReadRun, *, top_level: bool) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
     source = str(path)
     # A Python file object, not a path: given a path, Arrow reads ahead as fast as the disk allows
     # and buffers most of the file; through a Python file it reads one block per batch.

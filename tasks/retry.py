@@ -12,12 +12,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from indexflow.tasks.errors import BadRequestError, BadResponseError, IndexflowError, RateLimitedError
 from indexflow.tasks.limits import Clock, RateLimiter, Sleep
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -156,5 +157,10 @@ async def embed_resolving(
         done_vectors.append(vectors)
 
     await resolve(list(items))
-    vectors = np.concatenate(done_vectors) if done_vectors else None
+    if done_vectors:
+        import numpy as np
+
+        vectors = np.concatenate(done_vectors)
+    else:
+        vectors = None
     return BatchOutcome(done_items, vectors, failures, bisections)

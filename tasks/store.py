@@ -61,6 +61,7 @@ _BY_NAME = {f.name: f for f in (ID_FIELD, *CHUNK_FIELDS)}
 METADATA_TYPE = pa.struct([_BY_NAME[k].remove_metadata().with_nullable(True) for k in METADATA_KEYS])
 METADATA_SQL = "named_struct(" + ", ".join(f"'{k}', {k}" for k in METADATA_KEYS) + ")"
 MIGRATE_ATTEMPTS = 5
+COMMIT_ATTEMPTS = 10  # a dead-letter merge racing every other writer's declaration of the new table's key
 
 
 def chunk_schema(recipe: Recipe) -> pa.Schema:
@@ -212,6 +213,12 @@ def open_or_none(db: lancedb.DBConnection, name: str):
         raise
 
 
+def _is_commit_conflict(exc: BaseException) -> bool:
+    """Lance refused a commit because another one came first ("retryable commit conflict", "incompatible transaction")."""
+    text = str(exc).lower()
+    return "commit conflict" in text or "incompatible transaction" in text
+
+
 def _ensure_key(table, key: str):
     """Make sure `key` is the declared primary key: without it concurrent upserts duplicate rows.
 
@@ -223,8 +230,7 @@ def _ensure_key(table, key: str):
         try:
             table.set_unenforced_primary_key(key)
         except RuntimeError as exc:
-            text = str(exc).lower()
-            if "commit conflict" not in text and "incompatible transaction" not in text:
+            if not _is_commit_conflict(exc):
                 raise
             conflicts += 1
             if conflicts == MIGRATE_ATTEMPTS:
@@ -431,11 +437,17 @@ class VectorStore:
         data = pa.Table.from_pylist(
             [{f: getattr(item, f) for f in fields} for item in latest.values()], schema=DEAD_LETTER_SCHEMA
         )
-        result = (
-            self._dead_letters(create=True)
-            .merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
-        )
-        return result.num_inserted_rows + result.num_updated_rows
+        dead = self._dead_letters(create=True)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                result = dead.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+                return result.num_inserted_rows + result.num_updated_rows
+            except RuntimeError as exc:
+                # Another writer's open of a new dead-letter table declares its key meanwhile: Lance
+                # refuses this merge as "incompatible". Merging by key again is idempotent.
+                if not _is_commit_conflict(exc) or attempt == COMMIT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def dead_letters(self) -> list[FailedItem]:
         """Every dead-lettered chunk, oldest failure first."""
