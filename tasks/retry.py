@@ -128,35 +128,40 @@ async def embed_resolving(
             attempts[id(it)] = attempts.get(id(it), 0) + 1
         return await call(part)
 
-    async def resolve(part: Sequence[Item]) -> None:
-        nonlocal bisections
+    # A stack, not a recursive closure: a closure that calls itself is a reference cycle, and
+    # each batch's vectors then stayed alive until the garbage collector's next full pass.
+    pending: list[Sequence[Item]] = [list(items)]
+    while pending:
+        part = pending.pop()
         try:
             vectors = await call_with_retries(
                 lambda: counted(part), policy=policy, limiter=limiter, on_retry=on_retry, clock=clock, sleep=sleep
             )
         except BadRequestError as error:
+            # Kept without its traceback: that holds this frame, whose `failures` hold the error,
+            # a cycle that would keep this batch's vectors alive until a full garbage collection.
+            error = error.with_traceback(None)
             if len(part) == 1:
                 failures.append(Failure(part[0], error, attempts[id(part[0])]))
-                return
+                continue
             bisections += 1
             middle = len(part) // 2
-            await resolve(part[:middle])
-            await resolve(part[middle:])
-            return
+            pending += [part[middle:], part[:middle]]  # first half first, as a recursion would
+            continue
         except BadResponseError as error:
             bad_rows = getattr(error, "rows", None)
             if bad_rows and len(bad_rows) < len(part):
+                error = error.with_traceback(None)  # as above
                 bad = set(bad_rows)
                 failures.extend(Failure(part[i], error, attempts[id(part[i])]) for i in sorted(bad))
-                await resolve([it for i, it in enumerate(part) if i not in bad])
-                return
+                pending.append([it for i, it in enumerate(part) if i not in bad])
+                continue
             # No row named: the whole answer was unusable (wrong count, malformed). Like any other
             # transient error that outlasted its retries, that is an outage, not a bad item.
             raise
         done_items.extend(part)
         done_vectors.append(vectors)
 
-    await resolve(list(items))
     if done_vectors:
         import numpy as np
 

@@ -108,6 +108,39 @@ def test_every_chunk_once_paired_with_its_own_vector():
     assert progress[-1] == (95, 95) and len(progress) == 10
 
 
+def test_vectors_are_freed_when_delivered_not_left_to_the_garbage_collector():
+    # A reference cycle per batch (once: a recursive closure in the retry code) kept every
+    # batch's vectors alive until a full collection; peak memory then grew with the corpus.
+    import gc
+    import weakref
+
+    made: list[weakref.ref] = []
+    base = fake_embed()
+
+    async def embed(chunks):
+        if any(c.id == "d7#0" for c in chunks):  # a 400: the batch is bisected down to d7 alone
+            raise BadRequestError("bad item", status=400)
+        vectors = await base(chunks)
+        made.append(weakref.ref(vectors))
+        return vectors
+
+    delivered: list[weakref.ref] = []
+
+    def sink(chunks, vectors):
+        delivered.append(weakref.ref(vectors))
+
+    gc.collect()
+    gc.disable()
+    try:
+        stats = asyncio.run(embed_chunks(synthetic(95), options=FAKE, embed=embed, sink=sink,
+                                         on_failed=lambda items: None))
+        alive = [r for r in made + delivered if r() is not None]
+    finally:
+        gc.enable()
+    assert stats.embedded == 94 and stats.bisections > 0 and len(made) > 10
+    assert alive == []
+
+
 def test_batches_close_at_the_token_budget():
     calls: list[list[str]] = []
     options = EmbedOptions(recipe=Recipe(dimensions=3), batch_size=100, call_token_budget=100, concurrency=1)
