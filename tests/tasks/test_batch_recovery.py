@@ -234,7 +234,9 @@ def test_a_run_over_the_token_cap_is_split_into_jobs_under_it_covering_each_chun
         expected[-1].append(c.id)
         tokens += c.tokens
 
-    emu.admin.set_batch_config({"running_seconds": 1.0})
+    # Long enough that no job ends before the first run stops waiting, even on a loaded machine
+    # (1 s was not: all jobs created, uploaded and polled took longer); the second run waits it out.
+    emu.admin.set_batch_config({"running_seconds": 8.0})
     first = run(s, endpoint, wait_limit_seconds=0.05)  # jobs alive, so the ledger still lists their items
     assert first.status == "waiting"
     ledger = Ledger.open(s.db_uri, s.table)
