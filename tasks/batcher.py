@@ -48,7 +48,7 @@ from indexflow.tasks.retry import BatchOutcome, Failure, RetryPolicy, embed_reso
 from indexflow.tasks.settings import Limits, Settings
 
 MAX_BATCH = 100  # texts per batchEmbedContents call, a hard API limit
-READ_BLOCK = 64  # chunks pulled per thread hop from a synchronous iterable
+READ_BLOCK = 64  # chunks pulled per thread hop from a synchronous iterable, at least a full batch
 
 if TYPE_CHECKING:  # numpy loads with the first answer, not before the first call
     import numpy as np
@@ -233,8 +233,11 @@ class _Pipeline:
         self.chunk_q: asyncio.Queue = asyncio.Queue(maxsize=2 * self.size)
         self.batch_q: asyncio.Queue = asyncio.Queue(maxsize=n)
         self.result_q: asyncio.Queue = asyncio.Queue(maxsize=n)
+        # A hop brings at least a whole batch: a batch cut short by `batch_timeout` while a slow
+        # (loaded) hop was still reading would spend a request on fewer texts than it could carry.
+        self.read_block = max(READ_BLOCK, self.size)
         # read block + chunk queue + batch being formed + batch queue + in flight + result queue + in the sink
-        self.stats.reader_lead_bound = READ_BLOCK + 2 * self.size + self.size * (1 + n + n + n + 1)
+        self.stats.reader_lead_bound = self.read_block + 2 * self.size + self.size * (1 + n + n + n + 1)
 
     async def run(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> EmbedStats:
         started = time.monotonic()
@@ -305,7 +308,7 @@ class _Pipeline:
             iterator = iter(chunks)
             while True:
                 # The source may do file I/O and parsing: pull a block per thread hop, off the loop.
-                block = await asyncio.to_thread(lambda: list(islice(iterator, READ_BLOCK)))
+                block = await asyncio.to_thread(lambda: list(islice(iterator, self.read_block)))
                 if not block:
                     break
                 for chunk in block:

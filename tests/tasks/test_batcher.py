@@ -148,6 +148,20 @@ def test_batches_close_at_the_token_budget():
     assert [len(c) for c in calls] == [3] * 10  # a 4th chunk would make 120 tokens
 
 
+def test_a_slow_reader_still_fills_whole_batches():
+    # A synchronous source is read a block per thread hop; a hop slower than batch_timeout (a
+    # loaded machine, a slow disk) must not cut the batch short: a request would carry 64 texts of 100.
+    def slow():
+        for chunk in synthetic(250):
+            time.sleep(0.001)
+            yield chunk
+
+    calls: list[list[str]] = []
+    options = EmbedOptions(recipe=Recipe(dimensions=3), batch_size=100, batch_timeout=0.05, concurrency=1)
+    run(slow(), options, embed=fake_embed(calls))
+    assert [len(c) for c in calls] == [100, 100, 50]
+
+
 def test_batches_close_at_the_timeout_when_input_pauses():
     calls: list[list[str]] = []
 
