@@ -145,7 +145,7 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
     params = o.flow_params(corpus, t)
     emulated = not api_key and not base_url
     if prefect_api_configured():
-        summary = RunSummary.from_dict(_tracked_run(params, emulated))
+        summary = RunSummary.from_dict(_tracked_run(params, emulated, on_interrupt=_stopped))
     else:
         # Validated before anything heavy is imported: a bad option costs a fraction of a second.
         settings = settings_from_params(params, emulator=not api_key)
@@ -156,12 +156,9 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
 
         tune_process_memory()  # this process is ours: keep its peak memory flat as the table grows
 
-        def stopped(result, code: int) -> None:
-            print(f"stopped: kept {result.summary.chunks_embedded} chunks; run again to resume", file=sys.stderr)
-
         result = run_local(settings, api_key=api_key, base_url=base_url,
                            hooks=TerminalHooks(progress_every=progress_seconds, said_endpoint=emulated),
-                           on_interrupt=stopped)
+                           on_interrupt=_stopped)
         if result.error is not None:
             raise result.error
         summary = result.summary
@@ -184,20 +181,39 @@ def _say_emulator() -> None:
           "not Gemini's).", file=sys.stderr)
 
 
-def _tracked_run(params: dict, emulated: bool) -> dict:
-    """The run as a flow run on the configured Prefect server (its artifacts, its UI)."""
+def _stopped(result, code: int) -> None:
+    print(f"stopped: kept {result.summary.chunks_embedded} chunks; run again to resume", file=sys.stderr, flush=True)
+
+
+def _tracked_run(params: dict, emulated: bool, *, on_interrupt) -> dict:
+    """The run as a flow run on the configured Prefect server (its artifacts, its UI).
+
+    A signal ends the flow run Cancelled with what it embedded committed; then `on_interrupt`
+    has spoken and this process exits with the signal's code.
+    """
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from indexflow.flows.index_corpus import index_corpus, terminal_echo
+    from indexflow.flows.index_corpus import index_corpus, interrupt_report, terminal_echo
     from indexflow.flows.local_run import TerminalHooks
 
     if emulated:
         _say_emulator()
+    stopped: list[int] = []
+
+    def report(result, code: int) -> None:
+        stopped.append(code)
+        on_interrupt(result, code)
+
     # What the run logs for people (the plan, the route, waiting for a writer) still reaches the terminal.
-    token = terminal_echo.set(TerminalHooks(said_endpoint=emulated).info)
+    tokens = terminal_echo.set(TerminalHooks(said_endpoint=emulated).info), interrupt_report.set(report)
     try:
         return asyncio.run(index_corpus(**params))
+    except BaseException:
+        if stopped:  # the flow run ended Cancelled, as asked; its summary was already told
+            raise SystemExit(stopped[0]) from None
+        raise
     finally:
-        terminal_echo.reset(token)
+        terminal_echo.reset(tokens[0])
+        interrupt_report.reset(tokens[1])
 
 
 @app.command

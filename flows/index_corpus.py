@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.cache_policies import NO_CACHE
 from prefect.logging.loggers import flow_run_logger
-from prefect.states import Completed, State
+from prefect.states import Cancelled, Completed, State
 from pydantic import BeforeValidator, WithJsonSchema
 
 from indexflow.flows.pipeline import (  # noqa: F401 - build_settings, summarize: the flow module's API
@@ -27,13 +27,16 @@ from indexflow.flows.pipeline import (  # noqa: F401 - build_settings, summarize
     finalize_stage,
     plan_stage,
     raise_if_retryable as _raise_if_retryable,
+    RunResult,
+    StopRequest,
     run_index,
     settings_from_params,
     summarize,
 )
+from indexflow.flows.signals import SIGNAL_EXIT, stop_on_signals
 from indexflow.tasks.batch_admin import cancel_live_jobs
 from indexflow.tasks.endpoint import endpoint_label, resolve_endpoint
-from indexflow.tasks.errors import IndexflowError
+from indexflow.tasks.errors import IndexflowError, RunInterrupted
 from indexflow.tasks.report import Progress, RunSummary, publish_summary
 from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE, Settings, Tier
 
@@ -89,6 +92,9 @@ _TASKS = {t.name: t for t in (plan_task, embed_online_task, embed_batch_task, fi
 # Set by the CLI, which runs the flow in its own process: lines for people reach its terminal
 # too (Prefect's own INFO logs stay hidden there).
 terminal_echo: ContextVar[Callable[[str], None] | None] = ContextVar("indexflow_terminal_echo", default=None)
+# Set by the CLI: told `(result, exit code)` when a signal stopped the run, as `run_local` tells it.
+interrupt_report: ContextVar[Callable[[RunResult, int], None] | None] = ContextVar(
+    "indexflow_interrupt_report", default=None)
 
 
 class FlowHooks:
@@ -193,16 +199,30 @@ async def index_corpus(
              retry_failed=retry_failed, options=options),
         emulator=label.startswith("emulator"),
     )
-    result = await run_index(settings, lambda: resolve_endpoint(api_key, base_url), label, FlowHooks(logger),
-                             writer_wait_seconds=writer_wait_seconds)
+    hooks, stop = FlowHooks(logger), StopRequest()
+    with stop_on_signals(stop, asyncio.get_running_loop(), announce=hooks.info):
+        result = await run_index(settings, lambda: resolve_endpoint(api_key, base_url), label, hooks,
+                                 writer_wait_seconds=writer_wait_seconds, stop=stop)
     summary = result.summary
     await publish_summary(summary)
     for row in summary.rows():
         logger.info("%-22s %s", row["metric"], row["value"])
+    if isinstance(result.error, RunInterrupted):
+        return interrupted_state(result, stop.signal or "SIGTERM")
     if result.error is not None:
         logger.error("%s", result.error)
         raise result.error
     return final_state(summary)
+
+
+def interrupted_state(result: RunResult, signal_name: str) -> State[dict]:
+    """Cancelled, saying what was kept: a signal (a worker cancelling the run) stopped it gracefully."""
+    message = f"stopped by {signal_name}: kept {result.summary.chunks_embedded} chunks; run again to resume"
+    get_run_logger().info("%s", message)
+    report = interrupt_report.get()
+    if report is not None:
+        report(result, SIGNAL_EXIT.get(signal_name, 130))
+    return Cancelled(data=result.summary.as_dict(), message=message)
 
 
 def final_state(summary: RunSummary) -> State[dict]:

@@ -15,15 +15,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from indexflow.flows.pipeline import STAGE_RETRY_DELAYS, RunResult, StopRequest, run_index
+from indexflow.flows.signals import SIGNAL_EXIT, STOPPING
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
 from indexflow.tasks.plan import Forecast
 from indexflow.tasks.report import TerminalProgress
 from indexflow.tasks.settings import Settings
 
 T = TypeVar("T")
-
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
-
 
 def prefect_api_configured() -> bool:
     """True when PREFECT_API_URL is set, in the environment or in the active Prefect profile.
@@ -160,7 +158,7 @@ def run_local(settings: Settings, *, api_key: str | None, base_url: str | None, 
                 os._exit(SIGNAL_EXIT[name])
             return
         stop.request(name)
-        hooks.say("indexflow: stopping: committing what is embedded (Ctrl-C again to quit at once)")
+        hooks.say(f"{STOPPING} (Ctrl-C again to quit at once)")
 
     async def main() -> RunResult:
         for sig in (signal.SIGINT, signal.SIGTERM):

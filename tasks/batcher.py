@@ -249,8 +249,11 @@ class _Pipeline:
         writer = asyncio.create_task(self._writer(), name="embed-writer")
         stopped = asyncio.create_task(self.stop.wait()) if self.stop is not None else None
         fatal: BaseException | None = None
+        gathered = asyncio.gather(*upstream)
+        # Its outcome is the tasks' own, handled below; unread, asyncio would log a cancelled
+        # worker's traceback when the loop lives on (a flow run that was stopped).
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            gathered = asyncio.gather(*upstream)
             await asyncio.wait({gathered, writer} | ({stopped} if stopped else set()),
                                return_when=asyncio.FIRST_COMPLETED)
             if stopped is not None and stopped.done() and not gathered.done() and not writer.done():

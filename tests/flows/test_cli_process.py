@@ -121,6 +121,44 @@ def test_a_signal_during_a_throttled_run_stops_within_3_s_keeps_what_was_embedde
     assert len(ids) == len(set(ids)) == 250
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, EXIT_SIGINT), (signal.SIGTERM, EXIT_SIGTERM)])
+def test_a_signal_stops_a_tracked_run_the_same_way_and_its_flow_run_ends_cancelled(
+        prefect_api, emu, tmp_path, runs, sig, code):
+    """With PREFECT_API_URL set the run is a flow run on that server: the signal still commits what
+    was embedded, at once (its group was due seconds later), and the flow run says what it kept."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 250)
+    db = tmp_path / "db"
+    env = key_env(tmp_path, emu, PREFECT_API_URL=prefect_api)
+    run = runs(["index", str(corpus), "--db", str(db), "--table", "kb", "--rpm", "100"], env, tmp_path)
+    run.wait_for("Plan: 250 chunk(s) to embed")
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while emu.admin.stats().get("texts", 0) < 100:  # the first call answered; the second waits a minute
+        assert time.monotonic() < deadline, "the first call never came"
+        time.sleep(0.02)
+    sent = time.monotonic()
+    os.killpg(run.proc.pid, sig)
+    exit_code, _, err = run.finish()
+    stopped_after = time.monotonic() - sent
+    assert exit_code == code, err
+    assert stopped_after < 3.0, f"took {stopped_after:.1f} s to stop"
+    assert "stopped: kept 100 chunks; run again to resume" in err.splitlines(), err
+    assert "Traceback" not in err
+    assert sorted(table_ids(db, "kb")) == [f"doc-{i:03d}#0" for i in range(100)]
+    assert emu.admin.stats()["calls"] == 1
+
+    async def last_run():
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        async with get_client() as client:
+            return (await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1))[0]
+
+    flow_run = asyncio.run(last_run())
+    assert flow_run.name == "index-kb-online" and flow_run.state.type.value == "CANCELLED", flow_run.state
+    assert flow_run.state.message == f"stopped by {sig.name}: kept 100 chunks; run again to resume"
+
+
 def test_a_second_ctrl_c_exits_at_once_without_a_traceback(emu, tmp_path, runs):
     corpus = write_corpus(tmp_path / "c.jsonl", 30)
     emu.admin.set_faults(script=[{"kind": "hang"}])  # the call on the wire never answers

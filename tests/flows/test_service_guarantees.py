@@ -170,6 +170,32 @@ def test_cancelling_an_online_run_keeps_what_it_embedded_and_the_next_run_resume
     assert len(ids) == len(set(ids)) == 250 and semu.admin.stats()["texts"] == 250
 
 
+def test_cancelling_an_online_run_commits_what_it_embedded_when_the_worker_signals(worker, semu, tmp_path):
+    """The worker's SIGTERM winds the run down: what was embedded is committed then and there (no
+    group is due for another ten minutes), and the run ends Cancelled saying what it kept."""
+    corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", 250)
+    db = tmp_path / "db"
+    params = dict(corpus=str(corpus), db_uri=str(db), table="cancel-graceful", tier="unlimited", rpm=100,
+                  options={"write_group_seconds": 600})
+    run_id = start_deployment("on-demand", params)
+    wait_for("the first call answered", lambda: semu.admin.stats().get("texts", 0) == 100)
+    wait_for_log(run_id, "Plan: 250 chunk(s) to embed", worker)  # the embed stage is under way
+    assert not (db / "cancel-graceful.lance").exists() or table_ids(db, "cancel-graceful") == []
+    asyncio.run(cancel(run_id))
+    run = asyncio.run(wait_final(run_id))
+    assert run.state.type.value == "CANCELLED", run.state_name
+    assert run.state.message == "stopped by SIGTERM: kept 100 chunks; run again to resume", run.state.message
+    assert sorted(table_ids(db, "cancel-graceful")) == [f"doc-{i:03d}#0" for i in range(100)]
+    assert semu.admin.stats()["texts"] == 100
+    assert any("stopping: committing what is embedded (SIGTERM" in m for m in asyncio.run(run_logs(run_id)))
+
+    again = start_deployment("on-demand", params | {"rpm": None})
+    done = asyncio.run(wait_final(again))
+    assert done.state_name == "Completed", done.state.message
+    ids = table_ids(db, "cancel-graceful")
+    assert len(ids) == len(set(ids)) == 250 and semu.admin.stats()["texts"] == 250
+
+
 # -- 8. the nightly deployment: concurrency_limit 1, CANCEL_NEW ----------------------------------
 
 

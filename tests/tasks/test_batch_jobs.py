@@ -509,7 +509,9 @@ def test_create_rejection_is_not_retried_and_a_failed_lookup_is_unknown():
 def test_a_create_whose_answer_is_lost_is_adopted_not_paid_twice(emu, corpus_300, tmp_path, kind):
     # "drop"/"hang": the emulator creates the job, then the answer never arrives.
     emu.admin.set_faults(script=[{"kind": kind, "count": 1, "target": "batch_create"}])
-    ep = Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url, timeout_seconds=1.0)
+    # Short enough that a hung create gives up soon, long enough that the lookup after it answers
+    # on a loaded machine (1 s timed the lookup out too beside a CPU hog).
+    ep = Endpoint(api_key=SecretStr(emu.api_key), base_url=emu.base_url, timeout_seconds=4.0)
     s = settings_for(corpus_300, tmp_path)
     out = batch(s, ep)
     assert out.error is None and out.status == "completed" and out.committed_rows == 300
