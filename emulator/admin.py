@@ -11,7 +11,7 @@ Endpoints:
                                  starts from a preset
   GET|POST /_emulator/batch-config  BatchConfig fields merged into the current batch config
   GET|POST /_emulator/config     latency_base_ms, latency_per_text_ms, latency_jitter_ms, hang_seconds,
-                                 max_input_tokens
+                                 drip_seconds, max_input_tokens
 
 Counter names (absent = 0):
   calls, texts, tokens.online        online calls answered with embeddings (incl. response faults)
@@ -38,7 +38,8 @@ from .google_errors import GoogleError, invalid_argument, json_response
 
 router = APIRouter(prefix="/_emulator")
 
-RUNTIME_FIELDS = ("latency_base_ms", "latency_per_text_ms", "latency_jitter_ms", "hang_seconds", "max_input_tokens")
+RUNTIME_FIELDS = ("latency_base_ms", "latency_per_text_ms", "latency_jitter_ms", "hang_seconds", "drip_seconds",
+                  "max_input_tokens")
 
 
 def _require_loopback(request: Request) -> None:
@@ -238,5 +239,5 @@ class AdminClient:
         return self._call("POST", "batch-config", body)
 
     def set_config(self, **changes: float) -> dict:
-        """Change latency_base_ms, latency_per_text_ms, latency_jitter_ms or hang_seconds."""
+        """Change any of RUNTIME_FIELDS (latencies, hang_seconds, drip_seconds, max_input_tokens)."""
         return self._call("POST", "config", changes)

@@ -32,6 +32,8 @@ def build_parser(prog: str = "python -m indexflow.emulator") -> argparse.Argumen
     p.add_argument("--fault-script", action="append", default=[], metavar="[TARGET:]KINDxCOUNT",
                    help="the next calls' faults in order, e.g. 503x3, or batch_create:drop for job creation (repeatable)")
     p.add_argument("--hang-seconds", type=float, default=600.0)
+    p.add_argument("--drip-seconds", type=float, default=75.0,
+                   help="how long a 'drip' fault's answer takes to arrive, in small pieces")
     p.add_argument("--api-key", action="append", default=[], help="accepted key (repeatable; default emulator-key)")
     p.add_argument("--state-dir", type=Path, help="keep batch jobs and files here across restarts")
     p.add_argument("--batch-pending-seconds", type=float)
@@ -69,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         fault_rates=rates,
         hang_seconds=args.hang_seconds,
+        drip_seconds=args.drip_seconds,
         batch=batch,
         state_dir=args.state_dir,
     )

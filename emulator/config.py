@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "hang", "drop", "malformed", "wrong_count")
+FAULT_KINDS: tuple[str, ...] = ("500", "503", "429", "hang", "drop", "malformed", "wrong_count", "drip",
+                                "quote_key")
 
 
 class LimitConfig(BaseModel):
@@ -56,6 +57,8 @@ class EmulatorConfig(BaseModel):
     # probability per online call of each fault kind, e.g. {"503": 0.05}
     fault_rates: dict[str, float] = {}
     hang_seconds: float = 600.0
+    # "drip": how long a whole answer takes to trickle in (each piece well within a read timeout)
+    drip_seconds: float = 75.0
     # Google's per-text input limit. Lower it to play a server whose tokenizer counts more than the
     # client's estimate: the texts over it get 400 INVALID_ARGUMENT, as Google's would.
     max_input_tokens: int = Field(default=2048, ge=1)

@@ -8,6 +8,10 @@ Kinds (emulator.config.FAULT_KINDS) and what a client sees:
   "drop"         headers and part of the body, then the connection closes
   "malformed"    200 with a body that is not valid JSON
   "wrong_count"  200 with one embedding fewer than the texts sent
+  "drip"         200 with the right answer, its body trickling in over `drip_seconds` (no read
+                 waits long: only a deadline on the whole call ends it early)
+  "quote_key"    403 PERMISSION_DENIED whose message quotes the API key the request carried,
+                 as some gateways do (a client must not repeat it anywhere)
 The script is consumed first, one call per unit of `count`; otherwise one seeded draw per call
 picks at most one kind by its rate (rates should sum to at most 1).
 

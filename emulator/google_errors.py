@@ -113,6 +113,11 @@ def not_found(message: str) -> GoogleError:
     return GoogleError(404, "NOT_FOUND", message)
 
 
+def key_quoted(key: str) -> GoogleError:
+    """403 that repeats the caller's key (a gateway's habit, not Google's): the "quote_key" fault."""
+    return GoogleError(403, "PERMISSION_DENIED", f"API key {key!r} is not authorized for this project.")
+
+
 def internal() -> GoogleError:
     return GoogleError(500, "INTERNAL", INTERNAL_MESSAGE)
 

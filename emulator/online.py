@@ -24,6 +24,7 @@ from .embedding import count_tokens, embed_texts
 from .google_errors import (
     GoogleError,
     bare_resource_exhausted,
+    key_quoted,
     internal,
     invalid_argument,
     json_response,
@@ -199,6 +200,8 @@ async def serve_embeddings(emu: Emulator, request: Request, items: list[EmbedIte
             return {"500": internal, "503": overloaded, "429": bare_resource_exhausted}[fault]().response()
         if fault == "hang":
             return await _hang(request, emu.config.hang_seconds)
+        if fault == "quote_key":
+            return key_quoted(request.headers.get("x-goog-api-key") or request.query_params.get("key") or "").response()
         tokens = sum(item.tokens for item in items)
         emu.limits.admit(len(items), tokens)
         await asyncio.sleep(emu.latency_seconds(len(items)))
@@ -215,8 +218,12 @@ async def serve_embeddings(emu: Emulator, request: Request, items: list[EmbedIte
     if fault == "wrong_count":
         vectors = vectors[:-1]
     if single:
-        return json_response({"embedding": {"values": vectors[0]}} if vectors else {})
-    return json_response({"embeddings": [{"values": v} for v in vectors]})
+        answer = json_response({"embedding": {"values": vectors[0]}} if vectors else {})
+    else:
+        answer = json_response({"embeddings": [{"values": v} for v in vectors]})
+    if fault == "drip":
+        return DrippedResponse(answer.body, emu.config.drip_seconds)
+    return answer
 
 
 async def create_batch(emu: Emulator, request: Request, version: str, model: str, body: dict) -> Response:
@@ -260,6 +267,37 @@ async def _hang(request: Request, seconds: float) -> Response:
             return Response(status_code=499)  # nobody is listening any more
         await asyncio.sleep(0.05)
     return GoogleError(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete.").response()
+
+
+class DrippedResponse(Response):
+    """The whole answer, sent in DRIP_PIECES pieces spread over `seconds`."""
+
+    DRIP_PIECES = 25
+
+    def __init__(self, body: bytes, seconds: float) -> None:
+        super().__init__(status_code=200)
+        self.payload, self.seconds = body, seconds
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(self.payload)).encode())],
+        })
+        step = -(-len(self.payload) // self.DRIP_PIECES)
+        gone = asyncio.ensure_future(receive())  # the request is read: what comes next is the disconnect
+        try:
+            for start in range(0, len(self.payload), step):
+                last = start + step >= len(self.payload)
+                await send({"type": "http.response.body", "body": self.payload[start:start + step],
+                            "more_body": not last})
+                if not last:
+                    await asyncio.wait({gone}, timeout=self.seconds / self.DRIP_PIECES)
+                    if gone.done():
+                        return  # the client gave up: stop dripping to nobody
+        finally:
+            gone.cancel()
 
 
 class DroppedResponse(Response):

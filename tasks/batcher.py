@@ -82,6 +82,7 @@ class EmbedOptions:
     concurrency: int = 8
     max_attempts: int = 8
     max_retry_seconds: float = 900.0
+    call_deadline_seconds: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "EmbedOptions":
@@ -94,6 +95,7 @@ class EmbedOptions:
             concurrency=settings.concurrency,
             max_attempts=settings.max_attempts,
             max_retry_seconds=settings.max_retry_seconds,
+            call_deadline_seconds=settings.call_deadline_seconds,
         )
 
     @property
@@ -145,13 +147,14 @@ class _Stopped(Exception):
     """Raised inside a worker instead of starting a call once the run is stopping."""
 
 
-def default_embed(client: Any, recipe: Recipe) -> EmbedFn:
+def default_embed(client: Any, recipe: Recipe, *, deadline_seconds: float | None = None) -> EmbedFn:
     """The real call: one batchEmbedContents request through google-genai, titles per item."""
     from indexflow.tasks.gemini import embed_batch  # the only module that imports google.genai
 
     async def embed(chunks: Sequence[Chunk]) -> np.ndarray:
         titles = [c.title for c in chunks] if recipe.send_title else None
-        return await embed_batch(client, [c.text for c in chunks], recipe=recipe, titles=titles)
+        return await embed_batch(client, [c.text for c in chunks], recipe=recipe, titles=titles,
+                                 deadline_seconds=deadline_seconds)
 
     return embed
 

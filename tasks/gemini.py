@@ -13,6 +13,7 @@ pydantic round trip on the response, which is also the slowest part of `embed_co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ from indexflow.tasks.errors import (
     TransientAPIError,
 )
 from indexflow.tasks.recipe import Recipe
-from indexflow.tasks.settings import Endpoint
+from indexflow.tasks.settings import DEFAULT_CALL_DEADLINE_SECONDS, Endpoint
 
 try:  # the SDK's default async transport here
     import httpx2 as _httpx2
@@ -123,17 +124,26 @@ async def embed_batch(
     recipe: Recipe,
     titles: Sequence[str | None] | None = None,
     task_type: str | None = None,
+    deadline_seconds: float | None = DEFAULT_CALL_DEADLINE_SECONDS,
 ) -> np.ndarray:
     """Raw float32 vectors (len(texts), recipe.dimensions) for one call; raises only IndexflowError.
 
     `titles` holds one title per text (None or "" for none); they are sent only for
-    RETRIEVAL_DOCUMENT and when the recipe says so.
+    RETRIEVAL_DOCUMENT and when the recipe says so. Past `deadline_seconds` (connect and the
+    whole answer) the call is abandoned as a timeout.
     """
     body = batch_request_body(texts, recipe=recipe, titles=titles, task_type=task_type)
     path = f"{_model_path(recipe.model)}:batchEmbedContents"
+    deadline = asyncio.timeout(deadline_seconds)
     try:
-        response = await client.aio._api_client.async_request("post", path, body, None)
+        async with deadline:
+            response = await client.aio._api_client.async_request("post", path, body, None)
     except Exception as exc:  # every failure leaves as one of ours
+        if deadline.expired():
+            raise TransientAPIError(
+                f"the embedding call did not finish within its {deadline_seconds:g} s deadline "
+                "(call_deadline_seconds)", status=None, reason="deadline", deadline_seconds=deadline_seconds,
+            ) from None
         raise classify(exc) from None
     return parse_embeddings(response.body, expected=len(texts), dim=recipe.dimensions)
 

@@ -183,7 +183,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     else:
         from indexflow.tasks.gemini import make_client  # imports google-genai: only when there is work
 
-        call = default_embed(make_client(endpoint), options.recipe)
+        call = default_embed(make_client(endpoint), options.recipe, deadline_seconds=options.call_deadline_seconds)
 
         async def embed(chunks):
             first_call.set()

@@ -100,6 +100,9 @@ def resolve_quota(tier: Tier | None, default_tier: Tier, given: dict[str, int | 
     return Quota(limits=limits, sources=sources, preset=preset)
 
 
+DEFAULT_CALL_DEADLINE_SECONDS = 60.0
+
+
 class Endpoint(BaseModel):
     """Where embeddings come from: Google (base_url None) or any compatible server such as the emulator."""
 
@@ -151,6 +154,9 @@ class Settings(BaseModel):
     rpm_counts: Literal["texts", "calls"] | None = None
 
     # retries
+    # Connect + the whole answer of one embedding call; past it the call is a timeout and retried.
+    # The transport's timeout bounds each read only: an answer that trickles in would hold a worker.
+    call_deadline_seconds: float = Field(default=DEFAULT_CALL_DEADLINE_SECONDS, gt=0)
     max_attempts: int = Field(default=8, ge=1, le=100)
     max_retry_seconds: float = Field(default=900.0, gt=0)
 

@@ -51,6 +51,34 @@ def test_bare_429_has_no_retry_info(genai_client, emu):
     assert "details" not in info.value.details["error"]
 
 
+def test_quote_key_is_a_403_that_repeats_the_callers_key(genai_client, emu):
+    emu.admin.set_faults(script=[{"kind": "quote_key"}])
+    with pytest.raises(errors.ClientError) as info:
+        _embed(genai_client)
+    assert (info.value.code, info.value.status) == (403, "PERMISSION_DENIED")
+    assert emu.api_key in info.value.details["error"]["message"]
+    assert _embed(genai_client) == 3 and emu.admin.stats()["faults.quote_key"] == 1
+
+
+def test_drip_sends_the_right_answer_slowly_in_pieces(genai_client, emu):
+    emu.admin.set_config(drip_seconds=1.0)
+    expected = genai_client.models.embed_content(model=MODEL, contents=TEXTS).embeddings
+    emu.admin.set_faults(script=[{"kind": "drip"}])
+    pieces: list[float] = []
+    started = time.monotonic()
+    with httpx2.stream("POST", f"{emu.base_url}/v1beta/models/{MODEL}:batchEmbedContents",
+                       headers={"x-goog-api-key": emu.api_key}, timeout=5.0,
+                       json={"requests": [{"model": f"models/{MODEL}", "content": {"parts": [{"text": t}]}}
+                                          for t in TEXTS]}) as response:
+        body = b""
+        for piece in response.iter_raw():
+            pieces.append(time.monotonic() - started)
+            body += piece
+    assert response.status_code == 200 and len(pieces) > 10
+    assert pieces[-1] - pieces[0] >= 0.9  # spread over drip_seconds
+    assert [e["values"] for e in json.loads(body)["embeddings"]] == [e.values for e in expected]
+
+
 def test_hang_lasts_until_the_client_times_out(emu):
     client = genai.Client(api_key=emu.api_key, http_options=types.HttpOptions(
         base_url=emu.base_url, api_version="v1beta", timeout=500))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import lancedb
@@ -219,6 +220,22 @@ def test_each_fault_kind_ends_with_every_chunk_indexed_exactly_once(emu, corpus,
     stats = emu.admin.stats()
     assert stats[f"faults.{kind}"] == 3
     assert out.embed.retries >= 3
+    assert_exact_vectors(s, docs)
+
+
+def test_an_answer_that_drips_in_past_the_call_deadline_is_abandoned_and_retried(emu, corpus, tmp_path):
+    docs = make_docs(20)
+    # 20 s to trickle in, a piece every 0.8 s. The transport's 30 s timeout never ends it: httpx
+    # bounds each read, aiohttp (when installed) the whole call, and both outlast the drip.
+    emu.admin.set_config(drip_seconds=20.0)
+    emu.admin.set_faults(script=[{"kind": "drip", "count": 1}])
+    s = settings(write_jsonl(corpus, docs), tmp_path, batch_size=20, concurrency=1, call_deadline_seconds=1.5)
+    started = time.monotonic()
+    out = run(s, endpoint(emu, timeout_seconds=30.0))
+    took = time.monotonic() - started
+    assert out.error is None and out.embed.retries == 1
+    assert emu.admin.stats()["faults.drip"] == 1
+    assert took < 20.0, f"{took:.1f} s: the dripping answer was awaited in full"
     assert_exact_vectors(s, docs)
 
 
