@@ -163,7 +163,9 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
             raise result.error
         summary = result.summary
     if json:
-        print(jsonlib.dumps(summary.as_dict(), indent=2, default=str))
+        from indexflow.tasks.redact import redact
+
+        print(redact(jsonlib.dumps(summary.as_dict(), indent=2, default=str)))
     else:
         _print_rows(summary.rows(), f"indexflow: {t.table}")
         for line in summary.problems[:10]:
@@ -335,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         from indexflow.emulator.cli import main as emulator_main
 
         return emulator_main(argv[1:], prog="indexflow emulator")
+    from indexflow.tasks.redact import redact, remember
+
+    remember(os.environ.get("GEMINI_API_KEY"))  # known from the start: no line of this process repeats it
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
@@ -342,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        print(f"indexflow: unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback, "
-              "and please report it)", file=sys.stderr)
+        print(redact(f"indexflow: unexpected {type(exc).__name__}: {exc} (run again with --debug for the "
+                     "traceback, and please report it)"), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # outside a run (whose own handler exits 130 with its message)
         if debug:

@@ -37,6 +37,7 @@ from indexflow.flows.signals import SIGNAL_EXIT, stop_on_signals
 from indexflow.tasks.batch_admin import cancel_live_jobs
 from indexflow.tasks.endpoint import endpoint_label, resolve_endpoint
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
+from indexflow.tasks.redact import redact, remember
 from indexflow.tasks.report import Progress, RunSummary, publish_summary
 from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE, Settings, Tier
 
@@ -106,6 +107,7 @@ class FlowHooks:
         self.echo = terminal_echo.get()
 
     def info(self, message: str) -> None:
+        message = redact(message)  # the second net: errors are redacted when they are made
         self.logger.info("%s", message)
         if self.echo is not None:
             self.echo(message)
@@ -123,14 +125,15 @@ class FlowHooks:
 def _api_key_from_environment() -> str | None:
     """GEMINI_API_KEY, else the Prefect Secret block `gemini-api-key`, else None (emulator)."""
     key = os.environ.get("GEMINI_API_KEY")
-    if key:
-        return key
-    try:
-        from prefect.blocks.system import Secret
+    if not key:
+        try:
+            from prefect.blocks.system import Secret
 
-        return Secret.load(SECRET_BLOCK, _sync=True).get()
-    except Exception:  # no such block, or no server to ask: the emulator it is
-        return None
+            key = Secret.load(SECRET_BLOCK, _sync=True).get()
+        except Exception:  # no such block, or no server to ask: the emulator it is
+            return None
+    remember(key)  # before anything can quote it
+    return key
 
 
 async def _cancel_batch_jobs(flow, flow_run, state) -> None:

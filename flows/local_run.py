@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from indexflow.flows.pipeline import STAGE_RETRY_DELAYS, RunResult, StopRequest, run_index
 from indexflow.flows.signals import SIGNAL_EXIT, STOPPING
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
+from indexflow.tasks.redact import redact
 from indexflow.tasks.plan import Forecast
 from indexflow.tasks.report import TerminalProgress
 from indexflow.tasks.settings import Settings
@@ -66,6 +67,7 @@ class TerminalHooks:
 
     def say(self, message: str) -> None:
         """One line on stderr, above the progress bar when one is showing."""
+        message = redact(message)
         if self.bar is not None and self.bar.print(message):
             return
         print(message, file=self.stream, flush=True)

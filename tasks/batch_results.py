@@ -19,6 +19,7 @@ import numpy as np
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import BatchJobError
 from indexflow.tasks.gemini import classify
+from indexflow.tasks.redact import redact
 
 # Per-item error codes: 3 INVALID_ARGUMENT says the request itself is bad (retrying cannot help).
 TERMINAL_ITEM_CODES = frozenset({3})
@@ -68,7 +69,7 @@ def parse_status(payload: dict[str, Any]) -> JobStatus:
         succeeded=count("successfulRequestCount"),
         failed=count("failedRequestCount"),
         pending=count("pendingRequestCount"),
-        error=(f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else None),
+        error=(redact(f"{error.get('code')}: {error.get('message')}") if isinstance(error, dict) else None),
         output_file=output.get("responsesFile"),
         display_name=meta.get("displayName"),
         payload=payload,
@@ -139,7 +140,7 @@ def _collect(pairs: list[tuple[Chunk, Any, Any]], dim: int) -> JobResults:
         if error is not None:
             code = error.get("code") if isinstance(error, dict) else getattr(error, "code", None)
             message = error.get("message") if isinstance(error, dict) else getattr(error, "message", None)
-            errors.append(ItemError(chunk, int(code) if code is not None else None, str(message or "error")))
+            errors.append(ItemError(chunk, int(code) if code is not None else None, redact(str(message or "error"))))
         elif not isinstance(values, list) or len(values) != dim:
             got = len(values) if isinstance(values, list) else None
             errors.append(ItemError(chunk, None, f"no usable {dim}-dimensional embedding in the result (got {got})"))

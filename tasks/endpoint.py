@@ -8,6 +8,7 @@ from typing import Iterator
 from pydantic import SecretStr
 
 from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.redact import remember
 from indexflow.tasks.settings import Endpoint
 
 
@@ -28,6 +29,7 @@ def resolve_endpoint(api_key: str | None, base_url: str | None = None, *,
     """Yield (endpoint, label). With no key and no base URL, an emulator runs in this process meanwhile."""
     label = endpoint_label(api_key, base_url)
     if api_key:
+        remember(api_key)  # from here on no text that leaves the process carries it
         yield Endpoint(api_key=SecretStr(api_key), base_url=base_url or None, api_version=api_version,
                        timeout_seconds=timeout_seconds), label
         return

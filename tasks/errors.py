@@ -24,6 +24,8 @@ pickle, because Prefect moves failed states between processes.
 
 from __future__ import annotations
 
+from indexflow.tasks.redact import redact
+
 
 class IndexflowError(Exception):
     """Base of every error indexflow raises on purpose."""
@@ -31,6 +33,9 @@ class IndexflowError(Exception):
     transient: bool = False
 
     def __init__(self, message: str, **facts: object) -> None:
+        # Whatever a server put in it, no remembered API key leaves in an error: by value, at birth.
+        message = redact(message)
+        facts = {k: redact(v) if isinstance(v, str) else v for k, v in facts.items()}
         super().__init__(message)
         self.message = message
         self.facts = facts
@@ -39,6 +44,7 @@ class IndexflowError(Exception):
 
     def add_facts(self, **facts: object) -> "IndexflowError":
         """Attach more facts (e.g. what a failed stage did before it failed); returns self to raise."""
+        facts = {k: redact(v) if isinstance(v, str) else v for k, v in facts.items()}
         self.facts.update(facts)
         for name, value in facts.items():
             setattr(self, name, value)

@@ -36,6 +36,7 @@ from indexflow.tasks.errors import (
     TransientAPIError,
 )
 from indexflow.tasks.recipe import Recipe
+from indexflow.tasks.redact import redact, remember
 from indexflow.tasks.settings import DEFAULT_CALL_DEADLINE_SECONDS, Endpoint
 
 try:  # the SDK's default async transport here
@@ -68,15 +69,9 @@ if TYPE_CHECKING:  # numpy loads with the first answer: the first call need not 
 
 TITLE_TASK_TYPES = frozenset({"RETRIEVAL_DOCUMENT"})
 
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)(key=)[^&\s'\"]+"),
-    re.compile(r"(?i)(x-goog-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
-    re.compile(r"()AIza[0-9A-Za-z_\-]{20,}"),
-)
-
-
 def make_client(endpoint: Endpoint) -> genai.Client:
     """A google-genai client for `endpoint`, with SDK retries off (the project owns retries)."""
+    remember(endpoint.api_key.get_secret_value())
     options = genai_types.HttpOptions(
         base_url=endpoint.base_url,
         api_version=endpoint.api_version,
@@ -191,13 +186,6 @@ async def embed_query(client: genai.Client, text: str, recipe: Recipe) -> np.nda
     return (await embed_batch(client, [text], recipe=recipe, task_type="RETRIEVAL_QUERY"))[0]
 
 
-def sanitize(text: str) -> str:
-    """`text` with anything that looks like an API key replaced by ***."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text
-
-
 def parse_duration(value: object) -> float | None:
     """Seconds from a protobuf Duration: "38s", "1.5s", or {"seconds": 38, "nanos": 0}."""
     if isinstance(value, str):
@@ -271,14 +259,14 @@ def classify(exc: BaseException) -> IndexflowError:
     if isinstance(exc, _CONNECT_ERRORS):
         # No connection at all (refused, no route, unknown host): the endpoint may be misconfigured.
         return TransientAPIError(
-            f"cannot connect to the embedding endpoint ({type(exc).__name__}: {sanitize(str(exc))[:200]})",
+            f"cannot connect to the embedding endpoint ({type(exc).__name__}: {redact(str(exc))[:200]})",
             status=None,
             reason="connect",
         )
     if isinstance(exc, _REQUEST_ERRORS):
         return TransientAPIError(
             f"the connection to the embedding endpoint failed ({type(exc).__name__}: "
-            f"{sanitize(str(exc))[:200]})",
+            f"{redact(str(exc))[:200]})",
             status=None,
             reason="connection",
         )
@@ -289,7 +277,7 @@ def classify(exc: BaseException) -> IndexflowError:
             reason="malformed",
         )
     return EmbedError(
-        f"unexpected {type(exc).__name__} from the embedding call: {sanitize(str(exc))[:300]}",
+        f"unexpected {type(exc).__name__} from the embedding call: {redact(str(exc))[:300]}",
         status=None,
         reason="unexpected",
     )
@@ -298,7 +286,7 @@ def classify(exc: BaseException) -> IndexflowError:
 def _classify_api_error(exc: genai_errors.APIError) -> IndexflowError:
     code = int(exc.code or 0)
     error = _error_body(exc)
-    message = sanitize(str(error.get("message") or exc.message or exc.status or "no message"))[:500]
+    message = redact(str(error.get("message") or exc.message or exc.status or "no message"))[:500]
     status = str(error.get("status") or exc.status or "")
     if code == 429:
         quota_ids, retry_after = _quota_facts(error)

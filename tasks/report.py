@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
+from indexflow.tasks.redact import redact
 from indexflow.tasks.settings import describe_quota
 
 
@@ -157,14 +158,14 @@ async def publish_summary(summary: RunSummary) -> None:
     from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
     await acreate_table_artifact(
-        table=summary.rows(),
+        table=[{k: redact(v) if isinstance(v, str) else v for k, v in row.items()} for row in summary.rows()],
         key=artifact_key("summary", summary.table),
         description=f"indexflow run summary for table {summary.table}",
     )
     note = summary.failure_markdown()
     if note:
         await acreate_markdown_artifact(
-            markdown=note, key=artifact_key("failures", summary.table),
+            markdown=redact(note), key=artifact_key("failures", summary.table),
             description=f"What failed in the last indexflow run on {summary.table}",
         )
 

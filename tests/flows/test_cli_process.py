@@ -260,6 +260,43 @@ def test_an_unreachable_endpoint_is_one_line_that_promises_no_retry_and_keeps_th
     assert sorted(table_ids(db, "kb")) == [f"doc-{i:03d}#0" for i in range(20)]
 
 
+def files_holding(root: Path, *needles: str) -> list[str]:
+    """Every file under `root` whose bytes hold one of `needles`."""
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(n.encode() in data for n in needles):
+                found.append(str(path))
+    return found
+
+
+def test_a_server_that_quotes_the_key_sees_it_repeated_nowhere(emu, tmp_path):
+    """A gateway's 403 quotes the caller's key ('emulator-key': no pattern would recognise it): it is
+    hidden by value, on stderr, in --json, and in every file of the table."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 20)
+    db = tmp_path / "db"
+    env = local_env(tmp_path, GEMINI_API_KEY=emu.api_key, GOOGLE_GEMINI_BASE_URL=emu.base_url)
+    first = subprocess.run([INDEXFLOW, "index", str(corpus), "--db", str(db), "--table", "kb", "--json",
+                            "--batch-size", "10"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=STARTUP_SECONDS)
+    assert first.returncode == EXIT_OK, first.stderr
+    write_corpus(tmp_path / "c.jsonl", 30)
+    emu.admin.set_faults(script=[{"kind": "quote_key", "count": 1}])
+    proc = subprocess.run([INDEXFLOW, "index", str(corpus), "--db", str(db), "--table", "kb", "--json"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=STARTUP_SECONDS)
+    assert proc.returncode == EXIT_FAILED, proc.stderr
+    assert emu.admin.stats()["faults.quote_key"] == 1
+    last = proc.stderr.splitlines()[-1]
+    # The server's words arrive, its copy of the key does not.
+    assert "refused the API key (403 PERMISSION_DENIED: API key '***' is not authorized" in last, proc.stderr
+    secret = emu.api_key
+    for text in (proc.stdout, proc.stderr):
+        assert secret not in text
+    assert files_holding(db, secret) == [] and files_holding(tmp_path / "prefect-home", secret) == []
+    assert sorted(table_ids(db, "kb")) == [f"doc-{i:03d}#0" for i in range(20)]
+
+
 def test_a_bad_parameter_is_rejected_before_anything_heavy_is_imported(tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", 3)
     probe = ("import sys; from indexflow.flows.cli import main; code = main(sys.argv[1:]); "

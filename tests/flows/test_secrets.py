@@ -120,3 +120,29 @@ def test_without_a_key_or_a_secret_block_the_emulator_is_used(prefect_in_process
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     # the server answers, but holds no block named gemini-api-key
     assert _api_key_from_environment() is None
+
+
+def files_holding(root: Path, *needles: str) -> list[str]:
+    """Every file under `root` whose bytes hold one of `needles`."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and any(n.encode() in p.read_bytes() for n in needles)]
+
+
+def test_a_server_that_quotes_the_key_gets_it_repeated_nowhere(worker, semu, tmp_path):
+    """The worker's key, quoted back by a 403 (as some gateways do), is in no log, state, artifact,
+    worker output or file under the table and PREFECT_HOME: redacted by value, not by shape."""
+    corpus = write_corpus(tmp_path / "corpus" / "docs.jsonl", 6)
+    db = tmp_path / "db"
+    semu.admin.set_faults(script=[{"kind": "quote_key", "count": 1}])
+    run = asyncio.run(wait_final(run_deployment_cli("on-demand", corpus=str(corpus), table="secret-quoted",
+                                                    db_uri=str(db))))
+    assert run.state_name == "Failed"
+    assert semu.admin.stats()["faults.quote_key"] == 1
+    # The server's message came through, masked where it quoted the key.
+    assert "403 PERMISSION_DENIED: API key '***' is not authorized" in run.state.message, run.state.message
+    asyncio.run(wait_for_logs(run.id, "PERMISSION_DENIED"))
+
+    home = Path(os.environ["PREFECT_HOME"])
+    server_log = (home / "server.log").read_text(errors="replace")
+    assert_nowhere(TEST_KEY, asyncio.run(everything_prefect_stored()), worker.output(), server_log)
+    assert files_holding(db, TEST_KEY, TEST_KEY[8:]) == []
+    assert files_holding(home, TEST_KEY, TEST_KEY[8:]) == []

@@ -19,7 +19,7 @@ from indexflow.tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from indexflow.tasks.gemini import classify, embed_batch, embed_query, make_client, parse_duration, sanitize
+from indexflow.tasks.gemini import classify, embed_batch, embed_query, make_client, parse_duration
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.settings import Endpoint
 
@@ -150,13 +150,6 @@ def test_parse_duration_forms():
     assert parse_duration("1.5s") == 1.5
     assert parse_duration({"seconds": 2, "nanos": 500_000_000}) == 2.5
     assert parse_duration("soon") is None and parse_duration(None) is None
-
-
-def test_sanitize_hides_keys_in_urls_headers_and_bare_tokens():
-    text = "GET https://x/v1/models?key=AIzaSECRET123&alt=json x-goog-api-key: abc123 AIzaSyABCDEFGHIJKLMNOPQRSTUVWX"
-    clean = sanitize(text)
-    assert "AIzaSECRET123" not in clean and "abc123" not in clean and "AIzaSyABCDEFGHIJKLMNOPQRSTUVWX" not in clean
-    assert "alt=json" in clean
 
 
 def test_unexpected_exceptions_become_terminal_embed_errors():
