@@ -190,7 +190,7 @@ async def run_index(settings: Settings, connect: Connect, label: str, hooks: Run
     embed or a batch job to follow: an unchanged corpus starts no emulator and no API client.
     """
     from indexflow.tasks.batcher import EmbedStats
-    from indexflow.tasks.online import OnlineOutcome, open_store, table_is_empty
+    from indexflow.tasks.online import OnlineOutcome, open_store, recover_spilled, table_is_empty
     from indexflow.tasks.writer_lock import table_writer
 
     started = time.monotonic()
@@ -199,6 +199,10 @@ async def run_index(settings: Settings, connect: Connect, label: str, hooks: Run
     try:
         async with table_writer(settings.db_uri, settings.table, wait_seconds=writer_wait_seconds,
                                 on_wait=hooks.info):
+            recovered = await asyncio.to_thread(recover_spilled, settings)  # a rebuild discards them
+            if recovered:
+                hooks.info(f"Recovered {recovered} embedded chunk(s) that an interrupted run had paid for "
+                           "but not committed; they are not embedded again")
             if settings.rebuild:
                 # Drop once, here: a retried embed stage must resume from what it committed, not drop it again.
                 await asyncio.to_thread(open_store, settings)

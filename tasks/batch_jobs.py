@@ -51,12 +51,12 @@ from indexflow.tasks.ledger import (
     CANCELLED, COLLECTED, CREATED, DONE, EXPIRED, FAILED, INTENT, RUNNING, JobRecord, Ledger, job_key,
 )
 from indexflow.tasks.normalize import find_bad_rows, l2_normalize
-from indexflow.tasks.online import corpus_chunks, make_planner, open_store
+from indexflow.tasks.online import corpus_chunks, make_planner, open_store, recover_spilled
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
 from indexflow.tasks.store import FailedItem, VectorStore
-from indexflow.tasks.writer import GroupWriter
+from indexflow.tasks.writer import writer_for
 
 log = logging.getLogger("indexflow.batch")
 
@@ -122,6 +122,7 @@ async def run_batch(settings: Settings, endpoint: Endpoint, *, options: BatchOpt
     """
     opts = options or BatchOptions.from_settings(settings)
     limit = wait_limit_seconds if wait_limit_seconds is not None else opts.wait_limit_seconds
+    await asyncio.to_thread(recover_spilled, settings)  # a killed run's downloaded results: not fetched again
     store = await asyncio.to_thread(open_store, settings)
     ledger = await asyncio.to_thread(Ledger.open, settings.db_uri, settings.table)
     planner = await asyncio.to_thread(make_planner, store, settings)
@@ -142,8 +143,7 @@ class _BatchRun:
         self.settings, self.opts, self.store, self.ledger, self.client = settings, opts, store, ledger, client
         self.planner, self.clock, self.sleep, self.on_progress, self.total = planner, clock, sleep, on_progress, total
         self.recipe = settings.recipe
-        self.writer = GroupWriter(store, group_rows=settings.write_group_rows,
-                                  group_seconds=settings.write_group_seconds)
+        self.writer = writer_for(store, settings)
         self.problems = ProblemLog()
         self.out = BatchOutcome(planner.counts, self.problems, run_id=run_id)
         self.jobs: dict[str, JobRecord] = {}  # open jobs this run watches

@@ -16,6 +16,7 @@ from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import Planner, PlanCounts
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.spill import SpillLog, spill_for
 from indexflow.tasks.writer_lock import is_local, local_root
 
 DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
@@ -53,6 +54,10 @@ def nothing_written_yet(settings: Settings) -> bool:
     """True only for a local database where neither the table nor its dead letters exist on disk:
     no run (nor an earlier attempt of this one) committed anything to compare with."""
     if settings.rebuild or not is_local(settings.db_uri):
+        return False
+    from indexflow.tasks.spill import leftovers, spill_dir
+
+    if leftovers(spill_dir(settings.db_uri, settings.table)):  # vectors paid for, to be recovered
         return False
     root = local_root(settings.db_uri)
     return not any((root / f"{name}.lance").exists()
@@ -122,6 +127,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     (`nothing_written_yet`) there is nothing to compare with, so the table opens while the first
     calls are already on their way.
     """
+    await asyncio.to_thread(recover_spilled, settings)  # a killed run's vectors first: they count as committed
     fresh = nothing_written_yet(settings)
     # On a first run LanceDB loads once the first call is on the wire: before, its import would
     # only slow that call down; after, it costs nothing while the call waits for its answer.
@@ -129,9 +135,12 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
     if not fresh:
         first_call.set()
 
+    # Made before the table opens: a first run's answers are on disk while LanceDB still loads.
+    spill = spill_for(settings)
+
     async def open_table() -> tuple[VectorStore, GroupWriter]:
         await first_call.wait()
-        return await asyncio.to_thread(_open_for_writing, settings)
+        return await asyncio.to_thread(_open_for_writing, settings, spill)
 
     opening = asyncio.ensure_future(open_table())
     if fresh:
@@ -145,14 +154,27 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
 
     guard = threading.Lock()  # the sink and the clock below commit from worker threads
 
-    def locked(fn: Callable, *args: object):
+    def locked(fn: Callable, *args: object, **kwargs: object):
         with guard:
-            return fn(*args)
+            return fn(*args, **kwargs)
 
     # Shielded: a cancelled waiter (the clock, a stopping stage) must not cancel the opening itself.
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
+        if opening.done():  # one thread hop: spill and buffer
+            _, writer = opening.result()
+            await asyncio.to_thread(locked, writer.add, chunks, vectors)
+            return
+        batch = await asyncio.to_thread(locked, spilled_rows, chunks, vectors)
         _, writer = await asyncio.shield(opening)
-        await asyncio.to_thread(locked, writer.add, chunks, vectors)
+        await asyncio.to_thread(locked, writer.add_batch, batch, spilled=spill is not None)
+
+    def spilled_rows(chunks: list[Chunk], vectors: np.ndarray):
+        from indexflow.tasks.rows import rows_from
+
+        batch = rows_from(chunks, vectors)
+        if spill is not None:
+            spill.append(batch)
+        return batch
 
     async def commit_on_time() -> None:
         # A throttled run may go a minute between results; without this its last group would
@@ -221,8 +243,26 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
                          dead, failures, error)
 
 
-def _open_for_writing(settings: Settings) -> tuple[VectorStore, GroupWriter]:
-    from indexflow.tasks.writer import GroupWriter
+def _open_for_writing(settings: Settings, spill: SpillLog | None = None) -> tuple[VectorStore, GroupWriter]:
+    from indexflow.tasks.writer import writer_for
 
     store = open_store(settings)
-    return store, GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds)
+    return store, writer_for(store, settings, spill)
+
+
+def recover_spilled(settings: Settings) -> int:
+    """Commit the vectors an interrupted run paid for but never committed; returns how many rows.
+
+    Costs one directory listing (no LanceDB) when there is nothing to recover. A rebuild throws
+    them away with the table. Call it holding the table's writer lock, before planning.
+    """
+    from indexflow.tasks.spill import discard, leftovers, recover, spill_dir
+
+    directory = spill_dir(settings.db_uri, settings.table)
+    if not leftovers(directory):
+        return 0
+    if settings.rebuild:
+        discard(directory)
+        return 0
+    rows, _ = recover(open_store(settings, rebuild=False), directory, group_rows=settings.write_group_rows)
+    return rows

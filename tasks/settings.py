@@ -167,6 +167,9 @@ class Settings(BaseModel):
     retry_failed: bool = False
     write_group_rows: int = Field(default=2_000, ge=1)  # smaller groups: merge_insert peaks at ~2.5x a group
     write_group_seconds: float = Field(default=5.0, gt=0)
+    # Every arriving vector goes to a crash-safe file beside the table before it waits for its
+    # group (tasks.spill): a killed run re-pays only its calls in flight. Off: it re-pays the group.
+    spill_vectors: bool = True
 
     # the Batch API route (mode "batch", or "auto" above batch_threshold chunks)
     batch_threshold: int = Field(default=500, ge=0)

@@ -1,4 +1,7 @@
-"""Group (chunk, vector) pairs into few, large commits: a crash loses one group, deletes follow their replacements."""
+"""Group (chunk, vector) pairs into few, large commits; deletes follow their replacements.
+
+With a `SpillLog` every row is on disk from the moment it arrives, so a crash loses no group: the
+next run recovers it (`tasks.spill`)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import pyarrow as pa
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import StoreError
+from indexflow.tasks.settings import Settings
+from indexflow.tasks.spill import SpillLog, spill_for
 from indexflow.tasks.store import VectorStore, rows_from
 
 
@@ -28,6 +33,7 @@ class GroupWriter:
         group_rows: int = 2_000,
         group_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        spill: SpillLog | None = None,
     ) -> None:
         if group_rows < 1 or group_seconds <= 0:
             raise StoreError(f"group_rows must be >= 1 and group_seconds > 0, got {group_rows}, {group_seconds}")
@@ -35,6 +41,7 @@ class GroupWriter:
         self.group_rows = group_rows
         self.group_seconds = group_seconds
         self.clock = clock
+        self.spill = spill
         self._batches: list[pa.RecordBatch] = []
         self._buffered = 0
         self._first_at: float | None = None
@@ -50,12 +57,19 @@ class GroupWriter:
 
     def add(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
         """Buffer rows (vectors[i] belongs to chunks[i]); returns rows committed by this call."""
-        if len(chunks):
-            self._batches.append(rows_from(chunks, vectors))
-            self._buffered += len(chunks)
-            if self._first_at is None:
-                self._first_at = self.clock()
-        return self.commit_if_due()
+        written = self.add_batch(rows_from(chunks, vectors)) if len(chunks) else 0
+        return written + self.commit_if_due()
+
+    def add_batch(self, batch: pa.RecordBatch, *, spilled: bool = False) -> int:
+        """Buffer ready-made rows (spilled first unless `spilled` says they are); commits a full group;
+        returns rows committed."""
+        if self.spill is not None and not spilled:
+            self.spill.append(batch)  # paid for: on disk before it waits for its group
+        self._batches.append(batch)
+        self._buffered += batch.num_rows
+        if self._first_at is None:
+            self._first_at = self.clock()
+        return self._commit() if self._buffered >= self.group_rows else 0
 
     def commit_if_due(self) -> int:
         """Commit the buffer if it is big or old enough; call it when idle so time limits hold."""
@@ -90,6 +104,15 @@ class GroupWriter:
         if self._had_dead_letters:
             self.store.clear_dead_letters(list(last))
         self._batches, self._buffered, self._first_at = [], 0, None
+        if self.spill is not None:
+            self.spill.committed()
         self.committed_rows += written
         self.commits += 1
         return written
+
+
+def writer_for(store: VectorStore, settings: Settings, spill: SpillLog | None = None) -> GroupWriter:
+    """The run's GroupWriter: its group limits, and `spill` (by default the run's own, see `spill_for`)."""
+    spill = spill if spill is not None else spill_for(settings)
+    return GroupWriter(store, group_rows=settings.write_group_rows, group_seconds=settings.write_group_seconds,
+                       spill=spill)
