@@ -91,10 +91,13 @@ class RunOptions:
     "Seconds the run may take; auto mode stays online when a batch job would take longer."
     wait_limit: float | None = None
     "Seconds to wait for batch jobs; then the run ends 'waiting' and the next run collects them."
+    spill: bool = True
+    "Keep each arriving vector in a crash-safe file beside the table until it is committed (a killed run re-pays only its calls in flight)."
 
     def options(self) -> dict | None:
         extra = {"batch_threshold": self.batch_threshold, "deadline_seconds": self.deadline,
-                 "batch_wait_limit_seconds": self.wait_limit, "rpm_counts": self.rpm_counts}
+                 "batch_wait_limit_seconds": self.wait_limit, "rpm_counts": self.rpm_counts,
+                 "spill_vectors": None if self.spill else False}
         return {k: v for k, v in extra.items() if v is not None} or None
 
     def flow_params(self, corpus: Path, t: TableOptions) -> dict:

@@ -159,14 +159,20 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
             return fn(*args, **kwargs)
 
     # Shielded: a cancelled waiter (the clock, a stopping stage) must not cancel the opening itself.
+    # Rows that arrived while the table was still opening: spilled already, handed to the writer
+    # once it exists. The sink does not wait for the opening, or answers would queue in memory.
+    early: list = []
+
+    def hand_over(writer: GroupWriter) -> None:
+        while early:
+            writer.add_batch(early.pop(0), spilled=spill is not None)
+
     async def sink(chunks: list[Chunk], vectors: np.ndarray) -> None:
         if opening.done():  # one thread hop: spill and buffer
             _, writer = opening.result()
-            await asyncio.to_thread(locked, writer.add, chunks, vectors)
+            await asyncio.to_thread(locked, lambda: (hand_over(writer), writer.add(chunks, vectors)))
             return
-        batch = await asyncio.to_thread(locked, spilled_rows, chunks, vectors)
-        _, writer = await asyncio.shield(opening)
-        await asyncio.to_thread(locked, writer.add_batch, batch, spilled=spill is not None)
+        early.append(await asyncio.to_thread(locked, spilled_rows, chunks, vectors))
 
     def spilled_rows(chunks: list[Chunk], vectors: np.ndarray):
         from indexflow.tasks.rows import rows_from
@@ -183,7 +189,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         while True:
             await asyncio.sleep(settings.write_group_seconds / 2)
             try:
-                await asyncio.to_thread(locked, writer.commit_if_due)
+                await asyncio.to_thread(locked, lambda: (hand_over(writer), writer.commit_if_due()))
             except Exception:  # the final flush commits (and reports) whatever this could not
                 pass
 
@@ -232,6 +238,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         clock.cancel()
         await asyncio.gather(clock, return_exceptions=True)
     _, writer = await opening  # a table that cannot be opened fails the stage here, nothing written
+    await asyncio.to_thread(locked, hand_over, writer)
     # Stale rows are deleted only when the whole corpus was seen; after a failure the stream
     # stopped early and everything unseen would look deleted.
     if error is None:

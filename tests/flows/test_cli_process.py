@@ -209,6 +209,65 @@ def test_sigkill_leaves_no_process_of_the_run_behind(tmp_path, runs):
     assert session_processes(sid) == []
 
 
+KILL_CORPUS = 1200
+
+
+def kill_loop(emu, tmp_path, *, table: str, kills: int, seed: int, spill: bool = True) -> dict:
+    """`indexflow index` SIGKILLed `kills` times at seeded moments after its first answers, then run
+    to completion; returns the emulator's texts over all attempts and the table's ids and vectors."""
+    import random
+
+    from tests.flows.service_fixtures import write_corpus as corpus_of
+
+    corpus = corpus_of(tmp_path / "kill.jsonl", KILL_CORPUS)
+    db = tmp_path / "db"
+    argv = [INDEXFLOW, "index", str(corpus), "--db", str(db), "--table", table, "--batch-size", "20",
+            "--concurrency", "2", "--tier", "unlimited"]
+    env = key_env(tmp_path, emu)
+    rng = random.Random(seed)
+    emu.admin.set_config(latency_base_ms=250)  # 160 texts/s: an attempt is seconds long
+    start = emu.admin.stats().get("texts", 0)
+    for _ in range(kills):
+        before = emu.admin.stats().get("texts", 0)
+        proc = subprocess.Popen(argv + ([] if spill else ["--no-spill"]), env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while emu.admin.stats().get("texts", 0) == before:  # this attempt's first answer came back
+            assert proc.poll() is None and time.monotonic() < deadline, "the attempt never called"
+            time.sleep(0.005)
+        # Right after an answer, or up to 2 s later: inside the first 5 s write group, no commit yet.
+        time.sleep(rng.choice([0.0, rng.uniform(0.2, 2.0)]))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    done = subprocess.run(argv + ([] if spill else ["--no-spill"]), env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=STARTUP_SECONDS)
+    assert done.returncode == EXIT_OK, done.stderr
+    import lancedb
+
+    rows = lancedb.connect(str(db)).open_table(table).to_arrow()
+    return {"texts": emu.admin.stats()["texts"] - start, "ids": rows.column("id").to_pylist(),
+            "vectors": dict(zip(rows.column("id").to_pylist(), rows.column("vector").to_pylist()))}
+
+
+def test_sigkill_at_seeded_moments_re_pays_at_most_the_calls_in_flight(emu, tmp_path):
+    kills, in_flight = 6, 2 * 20  # concurrency x batch size
+    killed = kill_loop(emu, tmp_path, table="kb", kills=kills, seed=20261201)
+    assert len(killed["ids"]) == len(set(killed["ids"])) == KILL_CORPUS  # nothing lost, nothing twice
+    re_paid = killed["texts"] - KILL_CORPUS
+    assert re_paid <= kills * in_flight, f"re-paid {re_paid} texts over {kills} kills"
+
+    emu.admin.reset()
+    clean = subprocess.run([INDEXFLOW, "index", str(tmp_path / "kill.jsonl"), "--db", str(tmp_path / "db"),
+                            "--table", "clean", "--tier", "unlimited"], env=key_env(tmp_path, emu), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=STARTUP_SECONDS)
+    assert clean.returncode == EXIT_OK, clean.stderr
+    import lancedb
+
+    rows = lancedb.connect(str(tmp_path / "db")).open_table("clean").to_arrow()
+    expected = dict(zip(rows.column("id").to_pylist(), rows.column("vector").to_pylist()))
+    assert killed["vectors"] == expected  # every vector exactly what an uninterrupted run wrote
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
