@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in turn, each in its own process, figures printed as they come.
 
     bench_process      whole `indexflow` processes (first run, no-op, one edit, --help) beside a floor
+    bench_kill         texts re-paid per SIGKILL of a whole `indexflow index`, spill off and on
     bench_emulator     the emulator's own throughput (to subtract from the others)
     bench_pipeline     (a) tier-1 limits: wall time vs the ceiling, share of 429s;
                        (b) unlimited: the embed stage vs a bare loop of SDK calls
@@ -18,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RUNS = [
     ["bench_process.py"],
+    ["bench_kill.py"],
     ["bench_emulator.py"],
     ["bench_pipeline.py", "--part", "both"],
     ["bench_end_to_end.py"],
