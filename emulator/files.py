@@ -387,6 +387,7 @@ def _download(file_id: str, method: str, request: Request) -> Response:
         raise invalid_argument("Downloading a file requires the query parameter alt=media.")
     store = _store(request)
     record = store.get(file_id)
+    store.stats.add("files.downloaded")
     return Response(content=store.get_bytes(file_id), media_type=record["mimeType"])
 
 

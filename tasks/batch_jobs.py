@@ -342,10 +342,23 @@ class _BatchRun:
 
     # -- 5. collect and recover ------------------------------------------------------------
 
+    def _committed(self, chunks: list[Chunk]) -> bool:
+        """Whether every one of `chunks` is in the table with its content hash."""
+        stored = self.store.existing_hashes({c.doc_id for c in chunks})
+        return all(stored.get(c.id) == c.content_hash for c in chunks)
+
     async def _collect(self, record: JobRecord, status: JobStatus) -> None:
         """Write a SUCCEEDED job's vectors, settle its failed items, then mark it COLLECTED."""
         all_chunks = await asyncio.to_thread(self.ledger.items, record.key)
         dim = self.recipe.dimensions
+        if record.key in self.resumed and all_chunks and await asyncio.to_thread(self._committed, all_chunks):
+            # Written before a crash (its spill was recovered) but not yet marked: no download again.
+            await asyncio.to_thread(self.ledger.update, record.key, state=COLLECTED, retried_online=0,
+                                    dead_lettered=0)
+            self.out.jobs_collected += 1
+            await self._close(record.key)
+            log.info("collected %s: its %d rows were already committed (recovered)", record.key, len(all_chunks))
+            return
         if record.route == "inline":
             results = inline_results(sdk_job(status.payload), all_chunks, dim)
         else:

@@ -137,6 +137,64 @@ def test_killed_between_writing_rows_and_marking_collected_the_next_run_pays_not
     assert job.state == COLLECTED and Ledger.open(s.db_uri, s.table).items(job.key) == []
 
 
+# The same window one step earlier: the job's rows are spilled, the group not yet committed.
+CHILD_BEFORE_COMMIT = textwrap.dedent("""
+    import asyncio, sys, time
+    from pydantic import SecretStr
+    from indexflow.tasks import writer
+    from indexflow.tasks.batch_jobs import run_batch
+    from indexflow.tasks.settings import Endpoint, Settings
+
+    flush = writer.GroupWriter.flush
+    def paused_before_commit(self):
+        if self.buffered:
+            print("spilled", flush=True)
+            time.sleep(600)  # killed here
+        return flush(self)
+    writer.GroupWriter.flush = paused_before_commit
+
+    corpus, db, base_url, key = sys.argv[1:5]
+    settings = Settings(corpus=corpus, db_uri=db, table="spilled", batch_inline_limit_bytes=1000,
+                        batch_poll_seconds=0.05)
+    endpoint = Endpoint(api_key=SecretStr(key), base_url=base_url)
+    asyncio.run(run_batch(settings, endpoint))
+""")
+
+
+def test_killed_before_a_jobs_rows_were_committed_the_next_run_recovers_them_without_downloading(
+        emu, endpoint, tmp_path):
+    n = 40
+    s = Settings(corpus=write_docs(tmp_path / "c.jsonl", n), db_uri=str(tmp_path / "db"), table="spilled",
+                 batch_inline_limit_bytes=1000, batch_poll_seconds=0.05)  # the results come as a file
+    child = subprocess.Popen([sys.executable, "-c", CHILD_BEFORE_COMMIT, str(s.corpus), s.db_uri, emu.base_url,
+                              emu.api_key], cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline()  # the child says so once its rows are spilled, not committed
+        assert line.strip() == "spilled", child.stderr.read()[-2000:]
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert table_ids(s) == []  # nothing committed: only the spill holds the rows
+    first = emu.admin.stats()
+    assert first["batches.created"] == 1 and first["files.downloaded"] == 1
+
+    emu.admin.reset()  # counters only: the job and its files stay on the server
+    out = run(s, endpoint)
+    stats = emu.admin.stats()
+    assert out.status == "completed" and out.error is None
+    assert out.jobs_resumed == 1 and out.jobs_collected == 1 and out.jobs_created == 0
+    assert stats.get("files.downloaded", 0) == 0, "the recovered rows are not downloaded again"
+    assert stats.get("batches.created", 0) == 0 and stats.get("calls", 0) == 0
+    ids = table_ids(s)
+    assert sorted(ids) == [f"d{i:03d}#0" for i in range(n)]
+    (job,) = Ledger.open(s.db_uri, s.table).jobs()
+    assert job.state == COLLECTED
+
+
 # -- 5. the server no longer knows a recorded job (deleted, or restarted without state) -------------
 
 
