@@ -37,7 +37,7 @@ from indexflow.flows.signals import SIGNAL_EXIT, stop_on_signals
 from indexflow.tasks.batch_admin import cancel_live_jobs
 from indexflow.tasks.endpoint import endpoint_label, resolve_endpoint
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
-from indexflow.tasks.redact import redact, remember
+from indexflow.tasks.redact import guard_logging, redact, remember
 from indexflow.tasks.report import Progress, RunSummary, publish_summary
 from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE, Settings, Tier
 
@@ -193,6 +193,7 @@ async def index_corpus(
     logger = get_run_logger()
     base_url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
     api_key = _api_key_from_environment()
+    guard_logging()  # Prefect's handlers exist now: no line they ship repeats the key
     label = endpoint_label(api_key, base_url)
     settings = settings_from_params(
         dict(corpus=corpus, table=table, db_uri=db_uri, mode=mode, tier=tier, dimensions=dimensions,

@@ -9,6 +9,7 @@ the CLI's last-resort message go through it.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -79,3 +80,36 @@ def forget_all() -> None:
     with _lock:
         _keys = ()
         _grams.clear()
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that redacts each record's message and traceback text (the net under the nets:
+    a library's own log line or a traceback of someone else's exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _keys:
+            return True
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            masked = redact(text)
+            if masked != text:  # formatted once, here: the raw exception would print the key
+                record.exc_text, record.exc_info = masked, None
+        return True
+
+
+_FILTER = RedactingFilter()
+# The loggers a run writes through: the root's handlers (a terminal, a file), Prefect's console
+# and API handlers (which ship run logs to the server).
+GUARDED_LOGGERS = ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "indexflow")
+
+
+def guard_logging() -> None:
+    """Put the redacting filter on every handler of GUARDED_LOGGERS (idempotent; call once handlers exist)."""
+    for name in GUARDED_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)

@@ -64,3 +64,29 @@ def test_short_keys_are_hidden_whole_only():
     assert redact("the key s3cr3t-9 was refused") == f"the key {MASK} was refused"
     remember("k")  # too short to hide without hiding letters
     assert redact("keep kind") == "keep kind"
+
+
+def test_the_logging_net_redacts_messages_and_tracebacks_of_other_peoples_exceptions():
+    import io
+    import logging
+
+    from indexflow.tasks.redact import RedactingFilter
+
+    remember(KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("test-redact-net")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("gateway said %s", f"bad key {KEY}")
+        try:
+            raise RuntimeError(f"library error quoting {KEY}")
+        except RuntimeError:
+            logger.exception("unexpected")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert KEY not in text and KEY[8:] not in text
+    assert "gateway said bad key ***" in text and "RuntimeError: library error quoting ***" in text
