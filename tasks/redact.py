@@ -13,7 +13,7 @@ import logging
 import re
 import threading
 
-MIN_RUN = 12  # a quoted run this long of a key is the key: shorter runs occur in ordinary words
+MIN_RUN = 16  # a quoted run this long of a key is the key: shorter runs occur in names (indexflow-wr...)
 MIN_KEY = 8  # shorter "keys" (a test's "k") would redact ordinary words; shorter than MIN_RUN: whole only
 
 _PATTERNS = (

@@ -70,6 +70,7 @@ class SpillLog:
         self._synced_at = 0.0
         self._serial = 0
         self.rows = 0  # rows in the open file
+        self.committed_rows = 0  # of them, rows a commit has taken
 
     def append(self, batch: pa.RecordBatch) -> None:
         """Write `batch` through to the OS (safe from a killed process once this returns)."""
@@ -82,8 +83,15 @@ class SpillLog:
             os.fsync(self._file.fileno())
             self._synced_at = self.clock()
 
-    def committed(self) -> None:
-        """Everything appended so far is in the table: remove the file."""
+    def committed(self, rows: int) -> None:
+        """A commit took `rows` appended rows; once it has taken them all, the file goes.
+
+        Rows may be appended ahead of the writer's buffer (a first run spills while its table
+        opens), so one commit need not cover the whole file.
+        """
+        self.committed_rows += rows
+        if self.committed_rows < self.rows:
+            return
         path = self._close()
         if path is not None:
             path.unlink(missing_ok=True)
@@ -112,7 +120,7 @@ class SpillLog:
             os.fsync(self._file.fileno())
             self._file.close()
         self._writer = self._file = None
-        self.rows = 0
+        self.rows = self.committed_rows = 0
         return path
 
 

@@ -103,9 +103,10 @@ class GroupWriter:
         written = self.store.upsert(group)
         if self._had_dead_letters:
             self.store.clear_dead_letters(list(last))
+        taken = self._buffered  # rows as appended (a retried chunk twice), as the spill counts them
         self._batches, self._buffered, self._first_at = [], 0, None
         if self.spill is not None:
-            self.spill.committed()
+            self.spill.committed(taken)
         self.committed_rows += written
         self.commits += 1
         return written

@@ -120,3 +120,22 @@ def test_object_storage_tables_spill_to_the_users_cache(monkeypatch, tmp_path):
     one, two = spill_dir("s3://bucket/db", "idx"), spill_dir("s3://bucket/other", "idx")
     assert one != two and str(one).startswith(str(tmp_path / "cache" / "indexflow" / "spill"))
     assert spill_dir(str(tmp_path / "db"), "idx") == tmp_path / "db" / ".indexflow-spill" / "idx"
+
+
+def test_rows_spilled_ahead_of_the_writer_keep_the_file_until_a_commit_takes_them_all(store, directory, tmp_path):
+    # A first run spills answers while its table opens, then hands them to the writer one by one:
+    # a kill between two of those commits must still find the rest on disk.
+    from indexflow.tasks.rows import rows_from
+
+    spill = SpillLog(directory, RECIPE)
+    chunks, vectors = make_chunks(15), unit(15)
+    batches = [rows_from(chunks[i:i + 5], vectors[i:i + 5]) for i in range(0, 15, 5)]
+    for batch in batches:
+        spill.append(batch)
+    writer = GroupWriter(store, group_rows=5, group_seconds=3600, clock=FakeClock(), spill=spill)
+    assert writer.add_batch(batches[0], spilled=True) == 5  # one group committed ...
+    assert len(leftovers(directory)) == 1  # ... the file stays: two batches are not in the table
+    fresh = VectorStore.open(str(tmp_path / "db"), "idx", RECIPE)  # killed here; the next run:
+    assert recover(fresh, directory) == (15, 1)
+    ids = fresh.table.to_arrow().column("id").to_pylist()
+    assert sorted(ids) == sorted(c.id for c in chunks) and len(ids) == len(set(ids))
