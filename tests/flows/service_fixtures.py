@@ -250,3 +250,8 @@ def table_ids(db_uri: Path, table: str) -> list[str]:
     import lancedb
 
     return lancedb.connect(str(db_uri)).open_table(table).to_arrow().column("id").to_pylist()
+
+
+def files_holding(root: Path, *needles: str) -> list[str]:
+    """Every file under `root` whose bytes hold one of `needles`."""
+    return [str(p) for p in root.rglob("*") if p.is_file() and any(n.encode() in p.read_bytes() for n in needles)]

@@ -18,7 +18,7 @@ import pytest
 
 from indexflow.flows.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from indexflow.tasks.writer_lock import table_writer
-from tests.flows.service_fixtures import table_ids, write_corpus
+from tests.flows.service_fixtures import files_holding, table_ids, write_corpus
 
 INDEXFLOW = str(Path(sys.executable).with_name("indexflow"))
 # Generous on purpose: these bound a hang, they are not the timings under test.
@@ -217,9 +217,7 @@ def kill_loop(emu, tmp_path, *, table: str, kills: int, seed: int, spill: bool =
     to completion; returns the emulator's texts over all attempts and the table's ids and vectors."""
     import random
 
-    from tests.flows.service_fixtures import write_corpus as corpus_of
-
-    corpus = corpus_of(tmp_path / "kill.jsonl", KILL_CORPUS)
+    corpus = write_corpus(tmp_path / "kill.jsonl", KILL_CORPUS)
     db = tmp_path / "db"
     argv = [INDEXFLOW, "index", str(corpus), "--db", str(db), "--table", table, "--batch-size", "20",
             "--concurrency", "2", "--tier", "unlimited"]
@@ -319,17 +317,6 @@ def test_an_unreachable_endpoint_is_one_line_that_promises_no_retry_and_keeps_th
     assert last.endswith("check the URL (GOOGLE_GEMINI_BASE_URL) and the network, then run again")
     assert "retried" not in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(table_ids(db, "kb")) == [f"doc-{i:03d}#0" for i in range(20)]
-
-
-def files_holding(root: Path, *needles: str) -> list[str]:
-    """Every file under `root` whose bytes hold one of `needles`."""
-    found = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            if any(n.encode() in data for n in needles):
-                found.append(str(path))
-    return found
 
 
 def test_a_server_that_quotes_the_key_sees_it_repeated_nowhere(emu, tmp_path):

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.service_fixtures import TEST_KEY, run_deployment_cli, wait_final, write_corpus  # noqa: E402
+from tests.flows.service_fixtures import (  # noqa: E402
+    TEST_KEY,
+    files_holding,
+    run_deployment_cli,
+    wait_final,
+    write_corpus,
+)
 
 
 pytestmark = pytest.mark.slow
@@ -120,11 +126,6 @@ def test_without_a_key_or_a_secret_block_the_emulator_is_used(prefect_in_process
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     # the server answers, but holds no block named gemini-api-key
     assert _api_key_from_environment() is None
-
-
-def files_holding(root: Path, *needles: str) -> list[str]:
-    """Every file under `root` whose bytes hold one of `needles`."""
-    return [str(p) for p in root.rglob("*") if p.is_file() and any(n.encode() in p.read_bytes() for n in needles)]
 
 
 def test_a_server_that_quotes_the_key_gets_it_repeated_nowhere(worker, semu, tmp_path):
