@@ -139,3 +139,15 @@ def test_rows_spilled_ahead_of_the_writer_keep_the_file_until_a_commit_takes_the
     assert recover(fresh, directory) == (15, 1)
     ids = fresh.table.to_arrow().column("id").to_pylist()
     assert sorted(ids) == sorted(c.id for c in chunks) and len(ids) == len(set(ids))
+
+
+def test_no_spill_turns_it_off_from_the_cli_to_the_writer(tmp_path):
+    from indexflow.flows.cli import RunOptions
+    from indexflow.tasks.settings import Settings
+    from indexflow.tasks.spill import spill_for
+
+    assert RunOptions(spill=False).options() == {"spill_vectors": False}
+    assert RunOptions().options() is None  # the default sends nothing: spilling is on
+    on = Settings(corpus=tmp_path, db_uri=str(tmp_path / "db"), table="t")
+    assert spill_for(on).directory == tmp_path / "db" / ".indexflow-spill" / "t"
+    assert spill_for(on.model_copy(update={"spill_vectors": False})) is None
