@@ -158,7 +158,6 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
         with guard:
             return fn(*args, **kwargs)
 
-    # Shielded: a cancelled waiter (the clock, a stopping stage) must not cancel the opening itself.
     # Rows that arrived while the table was still opening: spilled already, handed to the writer
     # once it exists. The sink does not wait for the opening, or answers would queue in memory.
     early: list = []
@@ -184,7 +183,8 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
 
     async def commit_on_time() -> None:
         # A throttled run may go a minute between results; without this its last group would
-        # wait that long, and a killed or cancelled run would lose it.
+        # wait that long, and a killed or cancelled run would lose it. Shielded: a cancelled waiter
+        # (the clock, a stopping stage) must not cancel the opening itself.
         _, writer = await asyncio.shield(opening)
         while True:
             await asyncio.sleep(settings.write_group_seconds / 2)
