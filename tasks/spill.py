@@ -34,8 +34,10 @@ RECIPE_KEY = b"indexflow.recipe"
 
 def spill_dir(db_uri: str, table: str) -> Path:
     """Where the table's spill files live: beside a local table; in the user's cache for object storage."""
-    if "://" not in db_uri or db_uri.startswith("file://"):
-        return Path(db_uri.removeprefix("file://")).expanduser() / SPILL_DIR / table
+    from indexflow.tasks.writer_lock import is_local, local_root
+
+    if is_local(db_uri):
+        return local_root(db_uri) / SPILL_DIR / table
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "indexflow" / "spill"
     return cache / hashlib.sha256(f"{db_uri}\0{table}".encode()).hexdigest()[:16] / table
 
