@@ -81,7 +81,9 @@ def child(corpus: str, db: str, url: str, key: str) -> None:
     import lancedb  # noqa: F401
     import google.genai  # noqa: F401
     import pydantic
-    from indexflow.tasks.online import open_store, plan_run, run_online
+    from indexflow.tasks.online import run_online
+    from indexflow.tasks.plan import plan_run
+    from indexflow.tasks.table import open_store
     from indexflow.tasks.settings import Endpoint, Settings
 
     phases.mark("imports")

@@ -36,7 +36,7 @@ from indexflow.emulator.embedding import count_tokens  # noqa: E402
 from indexflow.tasks.batcher import EmbedOptions, embed_chunks  # noqa: E402
 from indexflow.tasks.chunk import chunk_documents  # noqa: E402
 from indexflow.tasks.corpus import Document  # noqa: E402
-from indexflow.tasks.gemini import make_client  # noqa: E402
+from indexflow.tasks.gemini.client import make_client  # noqa: E402
 from indexflow.tasks.recipe import Recipe  # noqa: E402
 from indexflow.tasks.settings import TIERS, Endpoint, Limits  # noqa: E402
 

@@ -16,7 +16,7 @@ from cyclopts import App, Parameter
 from indexflow.tasks.errors import TableNotFoundError
 
 if TYPE_CHECKING:  # the ledger imports LanceDB: only a command that reads it pays for that
-    from indexflow.tasks.ledger import JobRecord, Ledger
+    from indexflow.tasks.batch.ledger import JobRecord, Ledger
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -64,7 +64,7 @@ def _ledger_or_none(db: str, table: str) -> Ledger | None:
     not an empty list. Nothing is created either way.
     """
     try:
-        from indexflow.tasks.ledger import Ledger
+        from indexflow.tasks.batch.ledger import Ledger
 
         return Ledger.open(db, table, create=False)
     except TableNotFoundError:
@@ -93,7 +93,7 @@ def list_jobs(*, db: Db = ".indexflow/lancedb", table: Table = "corpus", open_on
 @batches_app.command
 def status(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", json: bool = False) -> int:
     """Show JOB (its key, `batches/ID` or ID) from the ledger and, when the API knows it, its live state and counts."""
-    from indexflow.tasks.batch_jobs import job_status
+    from indexflow.tasks.batch.admin import job_status
 
     with _endpoint() as (endpoint, _):
         record, live = asyncio.run(job_status(db, table, job, endpoint))
@@ -117,7 +117,7 @@ def cancel(job: str, *, db: Db = ".indexflow/lancedb", table: Table = "corpus", 
 
     Exits 1 when nothing was cancelled (with --json too: {"job": JOB, "cancelled": []}).
     """
-    from indexflow.tasks.batch_jobs import cancel_jobs
+    from indexflow.tasks.batch.admin import cancel_jobs
 
     with _endpoint() as (endpoint, _):
         cancelled = asyncio.run(cancel_jobs(db, table, endpoint, refs=[job]))

@@ -233,8 +233,8 @@ def plan(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = RunO
         Print the plan as JSON.
     """
     from indexflow.flows.pipeline import settings_from_params
-    from indexflow.tasks.batch_options import BatchOptions, choose_route
-    from indexflow.tasks.online import plan_run
+    from indexflow.tasks.batch.options import BatchOptions, choose_route
+    from indexflow.tasks.plan import plan_run
     from indexflow.tasks.plan import forecast
 
     settings = settings_from_params(o.flow_params(corpus, t), emulator=not os.environ.get("GEMINI_API_KEY"))

@@ -34,7 +34,7 @@ from indexflow.flows.pipeline import (  # noqa: F401 - build_settings, summarize
     summarize,
 )
 from indexflow.flows.signals import SIGNAL_EXIT, stop_on_signals
-from indexflow.tasks.batch_admin import cancel_live_jobs
+from indexflow.tasks.batch.admin import cancel_live_jobs
 from indexflow.tasks.endpoint import endpoint_label, resolve_endpoint
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
 from indexflow.tasks.redact import guard_logging, redact, remember

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from indexflow.tasks.batch_options import BatchOptions, choose_route
+from indexflow.tasks.batch.options import BatchOptions, choose_route
 from indexflow.tasks.errors import ConfigError, IndexflowError, RunInterrupted
 from indexflow.tasks.plan import Forecast, PlanCounts, forecast
 from indexflow.tasks.problems import ProblemLog
@@ -100,7 +100,7 @@ class RunHooks(Protocol):
 
 async def plan_stage(settings: Settings) -> tuple[PlanCounts, ProblemLog]:
     """Read and chunk the corpus against the table: counts only, no API call."""
-    from indexflow.tasks.online import plan_run
+    from indexflow.tasks.plan import plan_run
 
     return await asyncio.to_thread(plan_run, settings)
 
@@ -129,7 +129,7 @@ async def embed_online_stage(settings: Settings, endpoint: Endpoint, total: int 
 async def embed_batch_stage(settings: Settings, endpoint: Endpoint, total: int, run_id: str,
                             progress: ProgressSink, stop: asyncio.Event | None = None) -> Any:
     """The Batch API route; a retry resumes the jobs in the ledger, never resubmits them."""
-    from indexflow.tasks.batch_jobs import run_batch
+    from indexflow.tasks.batch.route import run_batch
 
     with progress:
         job = asyncio.ensure_future(run_batch(settings, endpoint, on_progress=progress, total=total,
@@ -142,7 +142,7 @@ async def embed_batch_stage(settings: Settings, endpoint: Endpoint, total: int, 
 async def finalize_stage(settings: Settings, changed: bool = True) -> dict | None:
     """optimize(), then the vector and full-text indexes where they pay; None when an unchanged
     table had nothing to do."""
-    from indexflow.tasks.online import open_store
+    from indexflow.tasks.table import open_store
 
     store = await asyncio.to_thread(open_store, settings, rebuild=False)
     if not changed and not await asyncio.to_thread(store.finalize_due):
@@ -190,7 +190,8 @@ async def run_index(settings: Settings, connect: Connect, label: str, hooks: Run
     embed or a batch job to follow: an unchanged corpus starts no emulator and no API client.
     """
     from indexflow.tasks.batcher import EmbedStats
-    from indexflow.tasks.online import OnlineOutcome, open_store, recover_spilled, table_is_empty
+    from indexflow.tasks.online import OnlineOutcome
+    from indexflow.tasks.table import open_store, recover_spilled, table_is_empty
     from indexflow.tasks.writer_lock import table_writer
 
     started = time.monotonic()
@@ -326,7 +327,7 @@ def summarize(settings: Settings, label: str, route: str, outcome: Any, wall: fl
     """The run's facts for people, from the plan, the route's counters and the store's."""
     BatchOutcome: type = type(None)
     if route == "batch":  # only then can it be one; the batch route imports the SDK
-        from indexflow.tasks.batch_jobs import BatchOutcome
+        from indexflow.tasks.batch.outcome import BatchOutcome
 
     e = outcome.embed
     status = "completed"

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # numpy loads with the first answer, not before the first cal
 EmbedFn = Callable[[Sequence[Chunk]], Awaitable["np.ndarray"]]
 Sink = Callable[[list[Chunk], "np.ndarray"], Any]
 FailedSink = Callable[[list["FailedItem"]], Any]
-Progress = Callable[[int, int | None], None]
+OnProgress = Callable[[int, int | None], None]
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class _Stopped(Exception):
 
 def default_embed(client: Any, recipe: Recipe, *, deadline_seconds: float | None = None) -> EmbedFn:
     """The real call: one batchEmbedContents request through google-genai, titles per item."""
-    from indexflow.tasks.gemini import embed_batch  # the only module that imports google.genai
+    from indexflow.tasks.gemini.embed import embed_batch  # the boundary that imports google-genai
 
     async def embed(chunks: Sequence[Chunk]) -> np.ndarray:
         titles = [c.title for c in chunks] if recipe.send_title else None
@@ -166,7 +166,7 @@ async def embed_chunks(
     options: EmbedOptions,
     sink: Sink,
     on_failed: FailedSink,
-    on_progress: Progress | None = None,
+    on_progress: OnProgress | None = None,
     total: int | None = None,
     embed: EmbedFn | None = None,
     limiter: RateLimiter | None = None,
@@ -176,14 +176,14 @@ async def embed_chunks(
 ) -> EmbedStats:
     """Embed every chunk once and hand (chunks, normalized vectors) to `sink`; see the module docstring.
 
-    `client` is a google-genai client (from `tasks.gemini.make_client`); `embed` replaces the
-    call itself (same contract as `tasks.gemini.embed_batch`, raising IndexflowError). `stats`,
+    `client` is a google-genai client (from `tasks.gemini.client.make_client`); `embed` replaces the
+    call itself (same contract as `tasks.gemini.embed.embed_batch`, raising IndexflowError). `stats`,
     if given, is filled in place and returned, so its counters survive a fatal error. Setting
     `stop` ends the stage like a fatal error, RunInterrupted, with a short drain.
     """
     if embed is None:
         if client is None:
-            raise ConfigError("embed_chunks needs a client (tasks.gemini.make_client) or an embed function")
+            raise ConfigError("embed_chunks needs a client (tasks.gemini.client.make_client) or an embed function")
         embed = default_embed(client, options.recipe)
     pipeline = _Pipeline(
         options=options,
@@ -208,7 +208,7 @@ class _Pipeline:
         embed: EmbedFn,
         sink: Sink,
         on_failed: FailedSink,
-        on_progress: Progress | None,
+        on_progress: OnProgress | None,
         total: int | None,
         limiter: RateLimiter,
         policy: RetryPolicy,

@@ -9,98 +9,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, default_embed, embed_chunks
-from indexflow.tasks.chunk import Chunk, chunk_documents
+from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import EndpointUnreachableError, StoreError
-from indexflow.tasks.corpus import read_corpus
 from indexflow.tasks.limits import RateLimiter
-from indexflow.tasks.plan import Planner, PlanCounts
+from indexflow.tasks.plan import PlanCounts, Planner, corpus_chunks, make_planner
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
 from indexflow.tasks.spill import SpillLog, spill_for
-from indexflow.tasks.writer_lock import is_local, local_root
-
-DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
+from indexflow.tasks.table import nothing_written_yet, open_store, recover_spilled
 
 if TYPE_CHECKING:  # LanceDB (and numpy) load on first use: a first run sends its first call meanwhile
     import numpy as np
 
     from indexflow.tasks.store import VectorStore
     from indexflow.tasks.writer import GroupWriter
-
-
-def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:
-    """The corpus as a stream of chunks under the recipe; bad input goes to `problems`."""
-    docs = read_corpus(
-        settings.corpus,
-        format=settings.corpus_format,
-        id_field=settings.id_field,
-        title_field=settings.title_field,
-        text_field=settings.text_field,
-        on_problem=problems,
-    )
-    return chunk_documents(docs, settings.recipe, max_tokens=settings.max_chunk_tokens,
-                           overlap_tokens=settings.overlap_tokens)
-
-
-def open_store(settings: Settings, *, rebuild: bool | None = None) -> VectorStore:
-    """The run's table, created for the settings' recipe if missing (RecipeMismatchError if another)."""
-    from indexflow.tasks.store import VectorStore
-
-    return VectorStore.open(settings.db_uri, settings.table, settings.recipe,
-                            rebuild=settings.rebuild if rebuild is None else rebuild)
-
-
-def nothing_written_yet(settings: Settings) -> bool:
-    """True only for a local database where neither the table nor its dead letters exist on disk:
-    no run (nor an earlier attempt of this one) committed anything to compare with."""
-    if settings.rebuild or not is_local(settings.db_uri):
-        return False
-    from indexflow.tasks.spill import leftovers, spill_dir
-
-    if leftovers(spill_dir(settings.db_uri, settings.table)):  # vectors paid for, to be recovered
-        return False
-    root = local_root(settings.db_uri)
-    return not any((root / f"{name}.lance").exists()
-                   for name in (settings.table, f"{settings.table}{DEAD_LETTER_SUFFIX}"))
-
-
-def table_is_empty(settings: Settings) -> bool:
-    """True when the run's table does not exist yet or holds no row: a first run, where everything is new."""
-    if settings.rebuild:
-        return True
-    if nothing_written_yet(settings):  # known without importing LanceDB
-        return True
-    from indexflow.tasks.store import VectorStore
-
-    try:
-        store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
-    except StoreError:
-        return True
-    return store.table.count_rows() == 0
-
-
-def make_planner(store: VectorStore, settings: Settings) -> Planner:
-    dead = {item.chunk_id: item.content_hash for item in store.dead_letters()}
-    return Planner(store.existing_hashes(), dead, retry_failed=settings.retry_failed)
-
-
-def plan_run(settings: Settings) -> tuple[PlanCounts, ProblemLog]:
-    """Read and chunk the corpus against the table without calling the API: what a run would do."""
-    from indexflow.tasks.store import VectorStore
-
-    store = None
-    if not settings.rebuild:
-        try:
-            store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
-        except StoreError:
-            pass  # no table yet: everything is new (planning never creates one)
-    problems = ProblemLog()
-    planner = make_planner(store, settings) if store else Planner({})
-    for _ in planner.select(corpus_chunks(settings, problems)):
-        pass
-    planner.stale_ids(delete_missing=settings.delete_missing, protected_docs=problems.protected_docs,
-                      unknown_problems=problems.unidentified)
-    return planner.counts, problems
 
 
 @dataclass
@@ -209,7 +131,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
             raise StoreError("the corpus changed while this run read it (a chunk to embed appeared after "
                              "planning found none); run again")
     else:
-        from indexflow.tasks.gemini import make_client  # imports google-genai: only when there is work
+        from indexflow.tasks.gemini.client import make_client  # imports google-genai: only when there is work
 
         call = default_embed(make_client(endpoint), options.recipe, deadline_seconds=options.call_deadline_seconds)
 
@@ -255,21 +177,3 @@ def _open_for_writing(settings: Settings, spill: SpillLog | None = None) -> tupl
 
     store = open_store(settings)
     return store, writer_for(store, settings, spill)
-
-
-def recover_spilled(settings: Settings) -> int:
-    """Commit the vectors an interrupted run paid for but never committed; returns how many rows.
-
-    Costs one directory listing (no LanceDB) when there is nothing to recover. A rebuild throws
-    them away with the table. Call it holding the table's writer lock, before planning.
-    """
-    from indexflow.tasks.spill import discard, leftovers, recover, spill_dir
-
-    directory = spill_dir(settings.db_uri, settings.table)
-    if not leftovers(directory):
-        return 0
-    if settings.rebuild:
-        discard(directory)
-        return 0
-    rows, _ = recover(open_store(settings, rebuild=False), directory, group_rows=settings.write_group_rows)
-    return rows

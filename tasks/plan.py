@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING
 
 from indexflow.tasks.settings import Limits
 
-if TYPE_CHECKING:  # a type only: planning's callers import the chunker (and its readers) themselves
+if TYPE_CHECKING:  # types only: the chunker, its readers and LanceDB load when a plan runs
     from indexflow.tasks.chunk import Chunk
+    from indexflow.tasks.problems import ProblemLog
+    from indexflow.tasks.settings import Settings
+    from indexflow.tasks.store import VectorStore
 
 # gemini-embedding-001, USD per million input tokens (https://ai.google.dev/gemini-api/docs/pricing).
 PRICE_PER_MILLION_TOKENS = {"online": 0.15, "batch": 0.075}
@@ -170,3 +173,50 @@ def forecast(texts: int, tokens: int, *, batch_size: int, limits: Limits) -> For
         online_seconds=seconds,
         days=days,
     )
+
+
+# -- the plan stage both routes share -------------------------------------------------------
+
+
+def corpus_chunks(settings: Settings, problems: ProblemLog) -> Iterator[Chunk]:
+    """The corpus as a stream of chunks under the recipe; bad input goes to `problems`."""
+    from indexflow.tasks.chunk import chunk_documents
+    from indexflow.tasks.corpus import read_corpus
+
+    docs = read_corpus(
+        settings.corpus,
+        format=settings.corpus_format,
+        id_field=settings.id_field,
+        title_field=settings.title_field,
+        text_field=settings.text_field,
+        on_problem=problems,
+    )
+    return chunk_documents(docs, settings.recipe, max_tokens=settings.max_chunk_tokens,
+                           overlap_tokens=settings.overlap_tokens)
+
+
+def make_planner(store: VectorStore, settings: Settings) -> Planner:
+    """A planner over the table's ids and hashes and its dead letters, as the settings ask."""
+    dead = {item.chunk_id: item.content_hash for item in store.dead_letters()}
+    return Planner(store.existing_hashes(), dead, retry_failed=settings.retry_failed)
+
+
+def plan_run(settings: Settings) -> tuple[PlanCounts, ProblemLog]:
+    """Read and chunk the corpus against the table without calling the API: what a run would do."""
+    from indexflow.tasks.errors import StoreError
+    from indexflow.tasks.problems import ProblemLog
+    from indexflow.tasks.store import VectorStore
+
+    store = None
+    if not settings.rebuild:
+        try:
+            store = VectorStore.open(settings.db_uri, settings.table, settings.recipe, create=False)
+        except StoreError:
+            pass  # no table yet: everything is new (planning never creates one)
+    problems = ProblemLog()
+    planner = make_planner(store, settings) if store else Planner({})
+    for _ in planner.select(corpus_chunks(settings, problems)):
+        pass
+    planner.stale_ids(delete_missing=settings.delete_missing, protected_docs=problems.protected_docs,
+                      unknown_problems=problems.unidentified)
+    return planner.counts, problems

@@ -6,7 +6,8 @@ import asyncio
 from typing import Literal
 
 from indexflow.tasks.errors import ConfigError
-from indexflow.tasks.gemini import embed_query, make_client
+from indexflow.tasks.gemini.embed import embed_query
+from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.normalize import l2_normalize
 from indexflow.tasks.search import Hit
 from indexflow.tasks.settings import Endpoint

@@ -179,11 +179,15 @@ class Settings(BaseModel):
     batch_max_tokens_per_job: int = Field(default=5_000_000, ge=2048)
     batch_inline_limit_bytes: int = Field(default=19_000_000, ge=1)  # the API takes 20 MB inline
     batch_poll_seconds: float | None = Field(default=None, gt=0)  # None: by job size, 2-60 s with backoff
+    batch_poll_jitter: float = Field(default=0.1, ge=0.0, lt=1.0)  # +- this fraction of each interval
     batch_wait_limit_seconds: float | None = Field(default=None, gt=0)  # then the run ends "waiting"
     batch_failed_jobs: Literal["resubmit", "online", "fail"] = "resubmit"
     batch_max_resubmits: int = Field(default=2, ge=0)
     batch_item_errors: Literal["online", "dead_letter"] = "online"
     cancel_on_flow_cancel: bool = False
+    # int64 on the wire; higher runs first among this project's pending jobs
+    batch_priority: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
+    batch_success_rate_threshold: float = Field(default=0.95, ge=0.0, le=1.0)
 
     @field_validator("corpus")
     @classmethod

@@ -10,7 +10,8 @@ from google import genai
 from pydantic import SecretStr
 
 from indexflow.tasks.errors import ConfigError
-from indexflow.tasks.gemini import embed_query, make_client
+from indexflow.tasks.gemini.embed import embed_query
+from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.normalize import l2_normalize
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.settings import Endpoint

@@ -12,7 +12,8 @@ from pydantic import SecretStr
 from indexflow.emulator.config import BatchConfig, EmulatorConfig
 from indexflow.emulator.server import running_emulator
 from indexflow.flows.batches_cli import batches_app
-from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+from indexflow.tasks.batch.options import BatchOptions
+from indexflow.tasks.batch.route import run_batch
 from indexflow.tasks.settings import Endpoint, Settings
 from tests.datasets import scifact_corpus
 

@@ -16,7 +16,8 @@ from pydantic import SecretStr
 
 import indexflow
 from indexflow.flows.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_QUOTA, main
-from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+from indexflow.tasks.batch.options import BatchOptions
+from indexflow.tasks.batch.route import run_batch
 from indexflow.tasks.settings import Endpoint, Settings
 from tests.flows.service_fixtures import summary_rows, table_ids, write_corpus
 
@@ -41,7 +42,8 @@ def api_env(prefect_api, key_env):
 @pytest.fixture
 def indexed(key_env, tmp_path) -> tuple[str, Path]:
     """A small indexed table `kb` (full-text index built), written without Prefect."""
-    from indexflow.tasks.online import open_store, run_online
+    from indexflow.tasks.online import run_online
+    from indexflow.tasks.table import open_store
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "title": t.split()[0].title(),

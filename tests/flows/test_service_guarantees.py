@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import types
 
-from indexflow.tasks.ledger import CANCELLED, Ledger
+from indexflow.tasks.batch.ledger import CANCELLED, Ledger
 from indexflow.tasks.writer_lock import table_writer
 from tests.flows.service_fixtures import (
     RUN_TIMEOUT,

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from indexflow.emulator.server import RunningEmulator
 from indexflow.integrations.query import QueryEmbedder
-from indexflow.tasks.online import open_store, run_online
+from indexflow.tasks.online import run_online
+from indexflow.tasks.table import open_store
 from indexflow.tasks.settings import Endpoint, Settings
 
 DOCS = {

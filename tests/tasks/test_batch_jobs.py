@@ -23,12 +23,17 @@ from pydantic import SecretStr
 
 from indexflow.emulator.config import BatchConfig, EmulatorConfig
 from indexflow.emulator.server import RunningEmulator, running_emulator
-from indexflow.tasks.batch_jobs import BatchOptions, cancel_live_jobs, choose_route, run_batch
-from indexflow.tasks.batch_results import parse_status, poll_interval
-from indexflow.tasks.batch_submit import jsonl_input
+from indexflow.tasks.batch.admin import cancel_live_jobs
+from indexflow.tasks.batch.options import BatchOptions, choose_route
+from indexflow.tasks.batch.route import run_batch
+from indexflow.tasks.batch.cadence import poll_interval
+from indexflow.tasks.batch.wire import parse_status
+from indexflow.tasks.batch.wire import jsonl_input
 from indexflow.tasks.errors import BatchJobError, ConfigError
-from indexflow.tasks.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
-from indexflow.tasks.online import corpus_chunks, open_store, run_online
+from indexflow.tasks.batch.ledger import CANCELLED, COLLECTED, INTENT, JobRecord, Ledger, job_key
+from indexflow.tasks.online import run_online
+from indexflow.tasks.plan import corpus_chunks
+from indexflow.tasks.table import open_store
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
 from indexflow.tasks.store import VectorStore
@@ -379,7 +384,8 @@ def genai_client_for():
 CHILD = textwrap.dedent("""
     import asyncio, sys
     from pydantic import SecretStr
-    from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+    from indexflow.tasks.batch.options import BatchOptions
+    from indexflow.tasks.batch.route import run_batch
     from indexflow.tasks.settings import Endpoint, Settings
     corpus, db, base_url, key = sys.argv[1:5]
     settings = Settings(corpus=corpus, db_uri=db, table="b")
@@ -552,7 +558,7 @@ def tokens_of(s: Settings, ids: list[int]) -> int:
 
 
 def test_the_cost_of_a_run_at_the_documented_prices():
-    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.batch.outcome import BatchOutcome
     from indexflow.tasks.plan import PlanCounts
 
     out = BatchOutcome(PlanCounts(), ProblemLog(), batch_tokens=2_000_000, online_tokens=1_000_000)
@@ -562,7 +568,7 @@ def test_the_cost_of_a_run_at_the_documented_prices():
 
 
 def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
-    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.batch.outcome import BatchOutcome
     from indexflow.tasks.batcher import EmbedStats
     from indexflow.tasks.plan import PlanCounts
 
@@ -592,7 +598,7 @@ def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
 
 
 def test_a_resumed_run_reports_in_flight_chunks_and_deletes_only_once_no_job_is_left(emu, endpoint, tmp_path):
-    from indexflow.tasks.batch_jobs import BatchOutcome
+    from indexflow.tasks.batch.outcome import BatchOutcome
     from indexflow.tasks.batcher import EmbedStats
     from indexflow.tasks.plan import PlanCounts
 
@@ -707,12 +713,13 @@ def waiting_job(emu, endpoint, s) -> str:
     return first.jobs_waiting[0]
 
 
-def watch(s, endpoint, wait_limit):
+def watch(s, endpoint, wait_limit, options=None):
     from tests.fakes import FakeClock
 
     clock = FakeClock()
-    out = asyncio.run(run_batch(s, endpoint, options=BatchOptions(), wait_limit_seconds=wait_limit, run_id="r2",
-                                clock=clock, sleep=clock.sleep))
+    # Jitter off: these tests pin the guide's table and the backoff to the second.
+    out = asyncio.run(run_batch(s, endpoint, options=options or BatchOptions(poll_jitter=0.0),
+                                wait_limit_seconds=wait_limit, run_id="r2", clock=clock, sleep=clock.sleep))
     return out, clock
 
 
@@ -724,6 +731,17 @@ def test_polls_back_off_while_idle_and_stop_at_the_wait_limit(emu, endpoint, gat
     assert clock.sleeps == [3.0, 4.5, 2.5] and clock.now == 10.0
     assert out.status == "waiting" and out.error is None and out.jobs_resumed == 1 and out.jobs_waiting == [key]
     assert out.chunks_in_flight == 5 and out.jobs_created == 0
+
+
+def test_by_default_each_poll_interval_is_jittered_within_10_percent_of_the_table(emu, endpoint, gateway, tmp_path):
+    s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(5))), tmp_path, "t")
+    waiting_job(emu, endpoint, s)
+    out, clock = watch(s, gateway(lambda n: True), 30.0, options=BatchOptions())
+    table = [3.0, 4.5] + [5.0] * (len(clock.sleeps) - 2)
+    assert out.status == "waiting" and len(clock.sleeps) >= 6
+    # the last sleep is cut to end at the wait limit; every other one is the table's +- 10 %
+    assert all(0.9 * t <= got <= 1.1 * t for got, t in zip(clock.sleeps[:-1], table))
+    assert clock.sleeps[:-1] != table[:-1], "no jitter at all"
 
 
 def test_the_run_gives_up_after_21_status_read_failures_in_a_row_and_keeps_its_jobs(emu, endpoint, gateway,
@@ -748,7 +766,7 @@ def test_the_run_gives_up_after_21_status_read_failures_in_a_row_and_keeps_its_j
 
 
 def test_a_part_may_fill_the_token_cap_and_the_inline_limit_exactly(emu, endpoint, tmp_path):
-    from indexflow.tasks.batch_submit import body_size, inline_body
+    from indexflow.tasks.batch.wire import body_size, inline_body
 
     corpus = small_corpus(tmp_path / "c.jsonl", [10, 11, 12, 13])  # four chunks of the same size
     s = settings_for(corpus, tmp_path, "cap")
@@ -814,8 +832,8 @@ def test_an_intent_that_never_became_a_job_does_not_stop_the_resume_of_the_other
 
 def test_an_output_file_that_cannot_be_downloaded_stops_the_run_with_an_indexflow_error(emu, endpoint, tmp_path,
                                                                                         genai_client_for):
-    from indexflow.tasks.batch_results import get_status
-    from indexflow.tasks.gemini import make_client
+    from indexflow.tasks.batch.watch import read_status
+    from indexflow.tasks.gemini.client import make_client
 
     s = settings_for(small_corpus(tmp_path / "c.jsonl", [0, 1]), tmp_path, "t")
     emu.admin.set_batch_config({"running_seconds": 0.5})
@@ -827,10 +845,10 @@ def test_an_output_file_that_cannot_be_downloaded_stops_the_run_with_an_indexflo
     async def finished():
         client = make_client(endpoint)
         deadline = time.monotonic() + 60
-        status = await get_status(client, job.job_name)
+        status = await read_status(client, job.job_name)
         while not status.done and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            status = await get_status(client, job.job_name)
+            status = await read_status(client, job.job_name)
         return status
 
     status = asyncio.run(finished())
@@ -855,13 +873,13 @@ def with_big_doc(path: Path, ids: list[int]) -> Path:
 
 
 def wait_until_done(endpoint: Endpoint, job_name: str) -> None:
-    from indexflow.tasks.batch_results import get_status
-    from indexflow.tasks.gemini import make_client
+    from indexflow.tasks.batch.watch import read_status
+    from indexflow.tasks.gemini.client import make_client
 
     async def poll():
         client = make_client(endpoint)
         deadline = time.monotonic() + 60
-        while not (status := await get_status(client, job_name)).done:
+        while not (status := await read_status(client, job_name)).done:
             assert time.monotonic() < deadline, "the job never finished"
             await asyncio.sleep(0.05)
         assert status.state == "SUCCEEDED"
@@ -919,7 +937,7 @@ def test_an_unresolved_failed_job_goes_online_in_the_round_that_collects_the_oth
                                                                                     genai_client_for):
     from datetime import datetime, timedelta, timezone
 
-    from indexflow.tasks.ledger import FAILED
+    from indexflow.tasks.batch.ledger import FAILED
     from tests.fakes import FakeClock
 
     corpus = small_corpus(tmp_path / "c.jsonl", [1, 2])

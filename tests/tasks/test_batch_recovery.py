@@ -21,9 +21,10 @@ from google import genai
 from google.genai import types
 from pydantic import SecretStr
 
-from indexflow.tasks.batch_jobs import BatchOptions, run_batch
-from indexflow.tasks.ledger import COLLECTED, DONE, FAILED, Ledger
-from indexflow.tasks.online import corpus_chunks
+from indexflow.tasks.batch.options import BatchOptions
+from indexflow.tasks.batch.route import run_batch
+from indexflow.tasks.batch.ledger import COLLECTED, DONE, FAILED, Ledger
+from indexflow.tasks.plan import corpus_chunks
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
 
@@ -74,8 +75,9 @@ def run(s: Settings, endpoint: Endpoint, **kw):
 CHILD = textwrap.dedent("""
     import asyncio, sys, time
     from pydantic import SecretStr
-    from indexflow.tasks import ledger
-    from indexflow.tasks.batch_jobs import BatchOptions, run_batch
+    from indexflow.tasks.batch import ledger
+    from indexflow.tasks.batch.options import BatchOptions
+    from indexflow.tasks.batch.route import run_batch
     from indexflow.tasks.settings import Endpoint, Settings
 
     update = ledger.Ledger.update
@@ -142,7 +144,7 @@ CHILD_BEFORE_COMMIT = textwrap.dedent("""
     import asyncio, sys, time
     from pydantic import SecretStr
     from indexflow.tasks import writer
-    from indexflow.tasks.batch_jobs import run_batch
+    from indexflow.tasks.batch.route import run_batch
     from indexflow.tasks.settings import Endpoint, Settings
 
     flush = writer.GroupWriter.flush

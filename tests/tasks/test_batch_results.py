@@ -13,11 +13,12 @@ import pytest
 from google import genai
 from google.genai import types
 
-from indexflow.tasks.batch_results import (
-    TERMINAL_ITEM_CODES, ItemError, JobStatus, file_results, get_status, inline_results, parse_status,
-    poll_interval, sdk_job,
+from indexflow.tasks.batch.cadence import poll_interval
+from indexflow.tasks.batch.watch import read_status
+from indexflow.tasks.batch.wire import (
+    TERMINAL_ITEM_CODES, ItemError, JobStatus, file_results, inline_body, inline_results, parse_status,
 )
-from indexflow.tasks.batch_submit import create_inline, inline_body
+from indexflow.tasks.gemini.batches import create_job, inline_responses
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import AuthError, BatchJobError, ConfigError
 from indexflow.tasks.recipe import Recipe
@@ -76,12 +77,12 @@ def test_get_status_of_a_real_inline_job_and_its_results_by_position(emu):
     chunks = [chunk(i) for i in range(3)]
 
     async def go():
-        name = await create_inline(client, inline_body(chunks, RECIPE, "status-test"), RECIPE)
+        name = await create_job(client, RECIPE.model, inline_body(chunks, RECIPE, "status-test"))
         deadline = time.monotonic() + 60  # the session emulator finishes a job in 0.35 s
-        status = await get_status(client, name)
+        status = await read_status(client, name)
         while not status.done and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            status = await get_status(client, name)
+            status = await read_status(client, name)
         return name, status
 
     try:
@@ -90,19 +91,19 @@ def test_get_status_of_a_real_inline_job_and_its_results_by_position(emu):
         client.close()
     assert status == JobStatus(name, "SUCCEEDED", True, requests=3, succeeded=3, failed=0, pending=0,
                                display_name="status-test")
-    results = inline_results(sdk_job(status.payload), chunks, RECIPE.dimensions)
+    results = inline_results(inline_responses(status.payload), chunks, RECIPE.dimensions, job=status.name)
     assert results.chunks == chunks and results.errors == []
     assert results.vectors.shape == (3, RECIPE.dimensions) and results.vectors.dtype == np.float32
 
     with pytest.raises(BatchJobError) as caught:  # one result short: none can be matched by position
-        inline_results(sdk_job(status.payload), chunks[:2], RECIPE.dimensions)
+        inline_results(inline_responses(status.payload), chunks[:2], RECIPE.dimensions, job=status.name)
     assert (caught.value.job, caught.value.expected, caught.value.got) == (name, 2, 3)
     assert f"returned 3 inline results for 2 requests" in str(caught.value)
 
 
 def test_a_job_without_inline_results_cannot_be_paired():
     with pytest.raises(BatchJobError) as caught:
-        inline_results(sdk_job({"name": "batches/e", "done": True}), [chunk(0)], 4)
+        inline_results(inline_responses({"name": "batches/e", "done": True}), [chunk(0)], 4, job="batches/e")
     assert (caught.value.job, caught.value.state, caught.value.expected, caught.value.got) == ("batches/e", "SUCCEEDED",
                                                                                                1, None)
 
@@ -115,7 +116,7 @@ def test_get_status_raises_indexflow_errors(emu):
         raised = []
         for client, name in ((good, "batches/never-made"), (bad, "batches/x")):
             try:
-                await get_status(client, name)
+                await read_status(client, name)
             except Exception as exc:  # noqa: BLE001
                 raised.append(exc)
         return raised

@@ -12,13 +12,13 @@ import pytest
 from google import genai
 from google.genai import types
 
-from indexflow.tasks.batch_submit import (
-    LIST_SKEW, _name_of, body_size, create_from_file, create_inline, create_once, find_job_by_display_name,
-    inline_body, is_payload_too_large, item_request, jsonl_input, upload_jsonl,
-)
+from indexflow.tasks.batch.create import create_once
+from indexflow.tasks.batch.wire import body_size, file_body, inline_body, is_payload_too_large, item_request, jsonl_input
+from indexflow.tasks.gemini.batches import LIST_SKEW, create_job, find_job_by_display_name, operation_name
+from indexflow.tasks.gemini.files import upload_jsonl
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import AuthError, BadRequestError, BatchJobError, RateLimitedError, TransientAPIError
-from indexflow.tasks.gemini import batch_request_body
+from indexflow.tasks.gemini.embed import batch_request_body
 from indexflow.tasks.recipe import Recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::google.genai._common.ExperimentalWarning")
@@ -78,17 +78,17 @@ def test_jsonl_input_is_one_utf8_line_per_chunk_keyed_by_chunk_id():
                                                              separators=(",", ":")) + "}").encode()
 
 
-def test_name_of_reads_the_operation_name_at_the_top_or_in_its_metadata():
-    assert _name_of(b'{"name": "batches/top", "metadata": {"name": "batches/meta"}}') == "batches/top"
-    assert _name_of(b'{"metadata": {"name": "batches/meta"}}') == "batches/meta"
-    assert _name_of('{"name": "batches/s"}') == "batches/s"
+def test_operation_name_reads_the_operation_name_at_the_top_or_in_its_metadata():
+    assert operation_name(b'{"name": "batches/top", "metadata": {"name": "batches/meta"}}') == "batches/top"
+    assert operation_name(b'{"metadata": {"name": "batches/meta"}}') == "batches/meta"
+    assert operation_name('{"name": "batches/s"}') == "batches/s"
 
 
 @pytest.mark.parametrize("body", [None, b"", b"not json", b"{}", b'{"metadata": null}', b"[]", b'"text"'])
 def test_a_create_answer_without_a_job_name_is_an_unknown_job(body):
     # ValueError, KeyError, TypeError, AttributeError: each one an answer that names no job
     with pytest.raises(BatchJobError) as caught:
-        _name_of(body)
+        operation_name(body)
     assert caught.value.state == "UNKNOWN" and caught.value.job is None
 
 
@@ -156,8 +156,8 @@ def test_find_by_display_name_stops_at_jobs_older_than_the_intent_minus_10_minut
     client = client_for(emu)
 
     async def go():
-        wanted = await create_inline(client, inline_body([chunk()], RECIPE, "wanted"), RECIPE)
-        await create_inline(client, inline_body([chunk()], RECIPE, "newer"), RECIPE)
+        wanted = await create_job(client, RECIPE.model, inline_body([chunk()], RECIPE, "wanted"))
+        await create_job(client, RECIPE.model, inline_body([chunk()], RECIPE, "newer"))
         listed = {j.display_name: j async for j in await client.aio.batches.list()}
         t = listed["newer"].create_time  # listed first (newest first); "wanted" comes after it
 
@@ -200,8 +200,8 @@ def test_every_server_call_raises_indexflow_errors_not_sdk_ones(emu):
     async def go():
         calls = {
             "upload": upload_jsonl(client, b"{}\n", "d"),
-            "create_inline": create_inline(client, inline_body([chunk()], RECIPE, "d"), RECIPE),
-            "create_from_file": create_from_file(client, "files/x", RECIPE, "d"),
+            "create_inline": create_job(client, RECIPE.model, inline_body([chunk()], RECIPE, "d")),
+            "create_from_file": create_job(client, RECIPE.model, file_body("files/x", "d")),
             "find": find_job_by_display_name(client, "d"),
         }
         raised = {}

@@ -20,7 +20,7 @@ from indexflow.emulator.server import running_emulator
 from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
-from indexflow.tasks.gemini import make_client
+from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.retry import RetryPolicy

@@ -19,7 +19,9 @@ from indexflow.tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from indexflow.tasks.gemini import classify, embed_batch, embed_query, make_client, parse_duration
+from indexflow.tasks.gemini.client import make_client
+from indexflow.tasks.gemini.embed import embed_batch, embed_query
+from indexflow.tasks.gemini.errors import classify, parse_duration
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.settings import Endpoint
 

@@ -9,7 +9,7 @@ import pytest
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import StoreError
-from indexflow.tasks.ledger import (
+from indexflow.tasks.batch.ledger import (
     CANCELLED, COLLECTED, CREATED, FAILED, INTENT, ITEMS_SUFFIX, JOBS_SUFFIX, RUNNING, JobRecord, Ledger, job_key,
 )
 
@@ -129,8 +129,28 @@ def test_the_jobs_table_has_exactly_the_documented_columns_and_nullability(ledge
         pa.field("retried_online", pa.int32(), nullable=False),
         pa.field("dead_lettered", pa.int32(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("priority", pa.int64(), nullable=False),  # added with job priorities (issue 12)
     ])
     assert ledger._jobs.schema.equals(expected, check_metadata=True), ledger._jobs.schema
+
+
+def test_a_ledger_written_before_priorities_existed_gets_the_column_and_keeps_its_jobs(tmp_path):
+    """Tables written by an earlier version: the job rows survive, read as priority 0, and take new ones."""
+    import lancedb
+
+    from indexflow.tasks.batch.ledger import JOBS_SCHEMA, JOBS_SUFFIX
+
+    old_schema = pa.schema([f for f in JOBS_SCHEMA if f.name != "priority"])
+    old = JobRecord("k-old", "r0", 1, CREATED, "inline", 3, 30, job_name="batches/old")
+    row = {f.name: getattr(old, f.name) for f in old_schema}
+    db = lancedb.connect(str(tmp_path / "db"))
+    db.create_table("idx" + JOBS_SUFFIX, pa.Table.from_pylist([row], schema=old_schema))
+    for create in (False, True):  # `indexflow batches` opens without creating; a run opens creating
+        ledger = Ledger.open(str(tmp_path / "db"), "idx", create=create)
+        assert "priority" in ledger._jobs.schema.names
+        assert ledger.get("k-old").priority == 0 and ledger.get("k-old").job_name == "batches/old"
+    ledger.record_intent(JobRecord("k-new", "r1", 1, INTENT, "inline", 1, 10, priority=9), [])
+    assert {r.key: r.priority for r in ledger.jobs()} == {"k-old": 0, "k-new": 9}
 
 
 def test_the_items_table_has_exactly_the_documented_columns_and_nullability(ledger):

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 
 from indexflow.emulator.embedding import embed_texts
 from indexflow.tasks.errors import RecipeMismatchError
-from indexflow.tasks.online import plan_run, run_online
+from indexflow.tasks.online import run_online
+from indexflow.tasks.plan import plan_run
 from indexflow.tasks.settings import Endpoint, Settings
 from indexflow.tasks.store import VectorStore, chunk_schema
 
@@ -410,9 +411,9 @@ def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(c
 
 
 def test_only_a_database_with_nothing_on_disk_skips_reading_the_table(tmp_path):
-    from indexflow.tasks.online import nothing_written_yet
+    from indexflow.tasks.table import nothing_written_yet
     from indexflow.tasks.store import DEAD_LETTER_SUFFIX
-    from indexflow.tasks.online import DEAD_LETTER_SUFFIX as mirrored
+    from indexflow.tasks.table import DEAD_LETTER_SUFFIX as mirrored
 
     assert mirrored == DEAD_LETTER_SUFFIX
     db = tmp_path / "db"

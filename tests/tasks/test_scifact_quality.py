@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from indexflow.tasks.online import open_store, run_online
+from indexflow.tasks.online import run_online
+from indexflow.tasks.table import open_store
 from indexflow.tasks.query import aquery
 from indexflow.tasks.settings import Endpoint, Settings
 from tests.datasets import scifact_dir

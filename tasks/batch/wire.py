@@ -1,10 +1,8 @@
-"""Batch API reading: job status with `batchStats`, polling intervals, and results paired with chunks.
+"""The Batch API's wire formats as pure functions: job bodies, JSONL lines, job status, results.
 
-The SDK drops `batchStats`, so status is read as raw JSON through the SDK's API client
-(`GET {base}/{version}/batches/ID`, same key header and base URL). The finished job is then
-turned into the SDK's `BatchJob` by the SDK's own converter, so both shapes it produces for
-inline results are handled: `dest.inlined_embed_content_responses`, and `dest.inlined_responses`
-when every item failed. File results are JSONL lines matched by key (their order is arbitrary).
+No I/O here: `tasks.gemini.batches` sends and reads, this module builds and parses, so every
+shape is testable without a server. Inline results come back by position, file results as JSONL
+lines keyed by chunk id in any order; both are paired with the chunks the ledger recorded.
 """
 
 from __future__ import annotations
@@ -17,12 +15,68 @@ from typing import Any
 import numpy as np
 
 from indexflow.tasks.chunk import Chunk
-from indexflow.tasks.errors import BatchJobError
-from indexflow.tasks.gemini import classify
+from indexflow.tasks.errors import BadRequestError, BatchJobError
+from indexflow.tasks.gemini.embed import TITLE_TASK_TYPES
+from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.redact import redact
 
 # Per-item error codes: 3 INVALID_ARGUMENT says the request itself is bad (retrying cannot help).
 TERMINAL_ITEM_CODES = frozenset({3})
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def item_request(chunk: Chunk, recipe: Recipe) -> dict[str, Any]:
+    """One EmbedContentRequest, exactly what the online path sends for this chunk (same vector)."""
+    request: dict[str, Any] = {
+        "content": {"parts": [{"text": chunk.text}], "role": "user"},
+        "taskType": recipe.task_type,
+        "outputDimensionality": recipe.dimensions,
+    }
+    if recipe.send_title and recipe.task_type in TITLE_TASK_TYPES and chunk.title:
+        request["title"] = chunk.title
+    return request
+
+
+def inline_body(chunks: Sequence[Chunk], recipe: Recipe, display_name: str, *, priority: int = 0) -> dict[str, Any]:
+    """The `asyncBatchEmbedContent` JSON body of an inline job (results come back by position)."""
+    return job_body(display_name, {"requests": {"requests": [{"request": item_request(c, recipe)} for c in chunks]}},
+                    priority=priority)
+
+
+def file_body(file_name: str, display_name: str, *, priority: int = 0) -> dict[str, Any]:
+    """The `asyncBatchEmbedContent` JSON body of a job over an uploaded JSONL file."""
+    return job_body(display_name, {"fileName": file_name}, priority=priority)
+
+
+def job_body(display_name: str, input_config: dict[str, Any], *, priority: int = 0) -> dict[str, Any]:
+    """A batch resource; `priority` (higher runs first) is an int64 string, sent only when not the default 0."""
+    batch: dict[str, Any] = {"displayName": display_name, "inputConfig": input_config}
+    if priority:
+        batch["priority"] = str(priority)
+    return {"batch": batch}
+
+
+def body_size(body: dict[str, Any]) -> int:
+    """Bytes of `body` as JSON on the wire (what the 20 MB inline limit counts)."""
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def jsonl_input(chunks: Sequence[Chunk], recipe: Recipe) -> bytes:
+    """The JSONL input file of a file job: one `{"key": chunk id, "request": ...}` line per chunk."""
+    return b"".join(
+        json.dumps({"key": c.id, "request": item_request(c, recipe)}, ensure_ascii=False,
+                   separators=(",", ":")).encode() + b"\n"
+        for c in chunks)
+
+
+def is_payload_too_large(error: BaseException) -> bool:
+    """A 400 that says the inline request is over the size limit (upload a file instead)."""
+    return isinstance(error, BadRequestError) and "size" in str(error).lower() and "limit" in str(error).lower()
+
+
+# -- status --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -39,11 +93,17 @@ class JobStatus:
     error: str | None = None
     output_file: str | None = None
     display_name: str | None = None
+    priority: int = 0
     payload: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def settled(self) -> int:
         return self.succeeded + self.failed
+
+    @property
+    def success_rate(self) -> float | None:
+        """succeeded / (succeeded + failed) from `batchStats`; None while nothing has settled."""
+        return self.succeeded / self.settled if self.settled else None
 
 
 def _state(value: object) -> str:
@@ -72,41 +132,19 @@ def parse_status(payload: dict[str, Any]) -> JobStatus:
         error=(redact(f"{error.get('code')}: {error.get('message')}") if isinstance(error, dict) else None),
         output_file=output.get("responsesFile"),
         display_name=meta.get("displayName"),
+        priority=_int(meta.get("priority")),
         payload=payload,
     )
 
 
-async def get_status(client: Any, name: str) -> JobStatus:
-    """GET the job's operation JSON through the SDK's API client (keeps `batchStats`)."""
+def _int(value: object) -> int:
     try:
-        response = await client.aio._api_client.async_request("get", name, {}, None)
-        payload = json.loads(response.body or "{}")
-    except Exception as exc:
-        raise classify(exc) from None
-    return parse_status(payload)
+        return int(value or 0)  # int64 fields arrive as strings; zeros are omitted
+    except (TypeError, ValueError):
+        return 0
 
 
-def sdk_job(payload: dict[str, Any]) -> Any:
-    """The SDK's `BatchJob` for an operation JSON, built by the SDK's own converter (no second GET)."""
-    from google.genai import types
-    from google.genai.batches import _BatchJob_from_mldev
-
-    return types.BatchJob._from_response(response=_BatchJob_from_mldev(payload), kwargs={})
-
-
-def poll_interval(items: int, idle_polls: int, configured: float | None = None) -> float:
-    """Seconds to the next look: grows with job size (the seed's table) and backs off while idle."""
-    if configured is not None:
-        base, cap = configured, configured * 4
-    elif items < 100:
-        base, cap = 2.0, 5.0
-    elif items < 1_000:
-        base, cap = 5.0, 10.0
-    elif items < 10_000:
-        base, cap = 10.0, 30.0
-    else:
-        base, cap = 30.0, 60.0
-    return min(cap, base * 1.5 ** idle_polls)
+# -- results -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -151,28 +189,16 @@ def _collect(pairs: list[tuple[Chunk, Any, Any]], dim: int) -> JobResults:
     return JobResults(ok, vectors, errors)
 
 
-def inline_results(job: Any, chunks: Sequence[Chunk], dim: int) -> JobResults:
-    """Results of an inline job, by position, from either SDK shape of `job.dest`."""
-    dest = getattr(job, "dest", None)
-    responses = getattr(dest, "inlined_embed_content_responses", None)
-    if responses is None:
-        responses = getattr(dest, "inlined_responses", None)  # the SDK's shape when every item failed
-    if responses is None or len(responses) != len(chunks):
-        got = None if responses is None else len(responses)
+def inline_results(pairs: Sequence[tuple[Any, Any]] | None, chunks: Sequence[Chunk], dim: int,
+                   job: str | None = None) -> JobResults:
+    """Results of inline job `job`, by position: `pairs` is (values, error) per request, in order."""
+    if pairs is None or len(pairs) != len(chunks):
+        got = None if pairs is None else len(pairs)
         raise BatchJobError(
-            f"batch job {getattr(job, 'name', '?')} returned {got} inline results for {len(chunks)} requests; "
-            "results are matched by position, so none can be trusted", job=getattr(job, "name", None),
+            f"batch job {job or '?'} returned {got} inline results for {len(chunks)} requests; "
+            "results are matched by position, so none can be trusted", job=job,
             state="SUCCEEDED", expected=len(chunks), got=got)
-    pairs = []
-    for chunk, result in zip(chunks, responses):
-        response = getattr(result, "response", None)
-        embedding = getattr(response, "embedding", None)
-        values = getattr(embedding, "values", None)
-        error = getattr(result, "error", None)
-        if error is None and values is None:
-            error = {"code": None, "message": "the result has neither an embedding nor an error"}
-        pairs.append((chunk, values, error))
-    return _collect(pairs, dim)
+    return _collect([(chunk, values, error) for chunk, (values, error) in zip(chunks, pairs)], dim)
 
 
 def file_results(data: bytes, chunks: Sequence[Chunk], dim: int) -> JobResults:

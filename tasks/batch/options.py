@@ -42,25 +42,30 @@ class BatchOptions:
     max_tokens_per_job: int = 5_000_000
     inline_limit_bytes: int = 19_000_000  # the API takes 20 MB; keep a margin for headers and encoding
     poll_seconds: float | None = None  # None: by job size, as the batch guide advises
+    poll_jitter: float = 0.1  # each interval moves by up to this fraction: runs started together drift apart
     wait_limit_seconds: float | None = None
     failed_jobs: Literal["resubmit", "online", "fail"] = "resubmit"
     max_resubmits: int = 2
     item_errors: Literal["online", "dead_letter"] = "online"
     cancel_on_flow_cancel: bool = False
     create_attempts: int = 5
+    priority: int = 0  # sent with every job: the server runs higher priorities first
+    success_rate_threshold: float = 0.95  # a job below it raises an alert (tasks.batch.alerts)
 
     # option name -> Settings field name
     SETTINGS_FIELDS = {
         "threshold": "batch_threshold", "deadline_seconds": "deadline_seconds",
         "turnaround_seconds": "batch_turnaround_seconds", "max_items_per_job": "batch_max_items_per_job",
         "max_tokens_per_job": "batch_max_tokens_per_job", "inline_limit_bytes": "batch_inline_limit_bytes",
-        "poll_seconds": "batch_poll_seconds", "wait_limit_seconds": "batch_wait_limit_seconds",
+        "poll_seconds": "batch_poll_seconds", "poll_jitter": "batch_poll_jitter", "wait_limit_seconds": "batch_wait_limit_seconds",
         "failed_jobs": "batch_failed_jobs", "max_resubmits": "batch_max_resubmits",
         "item_errors": "batch_item_errors", "cancel_on_flow_cancel": "cancel_on_flow_cancel",
+        "priority": "batch_priority", "success_rate_threshold": "batch_success_rate_threshold",
     }
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> BatchOptions:
+        """The options `settings` ask for, with `overrides` on top."""
         defaults = cls()
         values = {opt: getattr(settings, name, getattr(defaults, opt)) for opt, name in cls.SETTINGS_FIELDS.items()}
         return cls(**(values | overrides))

@@ -1,28 +1,14 @@
-"""The one module that talks to google-genai: build the client, embed a batch, classify failures.
-
-Titles per item: `embed_content` copies ONE config (task type, title, dimensionality) into every
-item of a call, so a batch of chunks from many documents could carry only one title. Instead of
-splitting batches at every title change (one call per small document) or gluing the title into
-the text (a different vector than Gemini's titled one), `embed_batch` sends the REST API's own
-`batchEmbedContents` body with a title on each item, through the SDK's API client
-(`client.aio._api_client.async_request`). That is the same code path `embed_content` uses —
-same base URL, headers, key handling, timeout and `errors.APIError` raising — minus the
-pydantic round trip on the response, which is also the slowest part of `embed_content` for
-100 x 768 floats.
-"""
+"""SDK, transport and parsing failures mapped to the project's error tree, and the per-call deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-import orjson
-from google import genai
 from google.genai import errors as genai_errors
-from google.genai import types as genai_types
 
 from indexflow.tasks.errors import (
     AuthError,
@@ -35,9 +21,7 @@ from indexflow.tasks.errors import (
     RateLimitedError,
     TransientAPIError,
 )
-from indexflow.tasks.recipe import Recipe
-from indexflow.tasks.redact import redact, remember
-from indexflow.tasks.settings import DEFAULT_CALL_DEADLINE_SECONDS, Endpoint
+from indexflow.tasks.redact import redact
 
 try:  # the SDK's default async transport here
     import httpx2 as _httpx2
@@ -64,126 +48,22 @@ _REQUEST_ERRORS: tuple[type[BaseException], ...] = tuple(
     cls for mod in (_httpx2, _httpx) if mod is not None for cls in (mod.RequestError,)
 ) + ((_aiohttp.ClientConnectionError, _aiohttp.ClientPayloadError) if _aiohttp is not None else ())
 
-if TYPE_CHECKING:  # numpy loads with the first answer: the first call need not wait for it
-    import numpy as np
-
-TITLE_TASK_TYPES = frozenset({"RETRIEVAL_DOCUMENT"})
-
-def make_client(endpoint: Endpoint) -> genai.Client:
-    """A google-genai client for `endpoint`, with SDK retries off (the project owns retries)."""
-    remember(endpoint.api_key.get_secret_value())
-    options = genai_types.HttpOptions(
-        base_url=endpoint.base_url,
-        api_version=endpoint.api_version,
-        timeout=int(endpoint.timeout_seconds * 1000),
-        retry_options=None,
-    )
-    return genai.Client(api_key=endpoint.api_key.get_secret_value(), http_options=options)
+T = TypeVar("T")
 
 
-def _model_path(model: str) -> str:
-    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-
-
-def batch_request_body(
-    texts: Sequence[str],
-    *,
-    recipe: Recipe,
-    titles: Sequence[str | None] | None = None,
-    task_type: str | None = None,
-) -> dict[str, Any]:
-    """The `batchEmbedContents` JSON body, one request per text, each with its own title."""
-    task = task_type or recipe.task_type
-    send_titles = titles is not None and recipe.send_title and task in TITLE_TASK_TYPES
-    if titles is not None and len(titles) != len(texts):
-        raise ValueError(f"{len(titles)} titles for {len(texts)} texts")
-    model = _model_path(recipe.model)
-    requests = []
-    for i, text in enumerate(texts):
-        item: dict[str, Any] = {
-            "model": model,
-            "content": {"parts": [{"text": text}], "role": "user"},
-            "taskType": task,
-            "outputDimensionality": recipe.dimensions,
-        }
-        if send_titles and titles[i]:
-            item["title"] = titles[i]
-        requests.append(item)
-    return {"requests": requests}
-
-
-async def embed_batch(
-    client: genai.Client,
-    texts: Sequence[str],
-    *,
-    recipe: Recipe,
-    titles: Sequence[str | None] | None = None,
-    task_type: str | None = None,
-    deadline_seconds: float | None = DEFAULT_CALL_DEADLINE_SECONDS,
-) -> np.ndarray:
-    """Raw float32 vectors (len(texts), recipe.dimensions) for one call; raises only IndexflowError.
-
-    `titles` holds one title per text (None or "" for none); they are sent only for
-    RETRIEVAL_DOCUMENT and when the recipe says so. Past `deadline_seconds` (connect and the
-    whole answer) the call is abandoned as a timeout.
-    """
-    body = batch_request_body(texts, recipe=recipe, titles=titles, task_type=task_type)
-    path = f"{_model_path(recipe.model)}:batchEmbedContents"
+async def guarded(call: Awaitable[T], *, deadline_seconds: float | None, what: str) -> T:
+    """Await one API call; past `deadline_seconds` it is abandoned as transient, and every failure is ours."""
     deadline = asyncio.timeout(deadline_seconds)
     try:
         async with deadline:
-            response = await client.aio._api_client.async_request("post", path, body, None)
+            return await call
     except Exception as exc:  # every failure leaves as one of ours
         if deadline.expired():
             raise TransientAPIError(
-                f"the embedding call did not finish within its {deadline_seconds:g} s deadline "
-                "(call_deadline_seconds)", status=None, reason="deadline", deadline_seconds=deadline_seconds,
+                f"the {what} did not finish within its {deadline_seconds:g} s deadline (call_deadline_seconds)",
+                status=None, reason="deadline", deadline_seconds=deadline_seconds,
             ) from None
         raise classify(exc) from None
-    return parse_embeddings(response.body, expected=len(texts), dim=recipe.dimensions)
-
-
-def parse_embeddings(body: str | bytes | None, *, expected: int, dim: int) -> np.ndarray:
-    """Turn a `batchEmbedContents` response body into (expected, dim) float32, or BadResponseError."""
-    try:
-        # orjson: decoding 100 x 768 floats is the client's largest cost per call (5x stdlib json)
-        payload = orjson.loads(body or b"")
-        rows = [item["values"] for item in payload["embeddings"]]
-    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise BadResponseError(
-            f"the embedding response is not valid batchEmbedContents JSON ({type(exc).__name__})",
-            status=200,
-            reason="malformed",
-        ) from None
-    if len(rows) != expected:
-        raise BadResponseError(
-            f"asked for {expected} embeddings, got {len(rows)}",
-            status=200,
-            reason="wrong_count",
-            expected=expected,
-            got=len(rows),
-        )
-    import numpy as np
-
-    try:
-        vectors = np.asarray(rows, dtype=np.float32)
-    except (ValueError, TypeError):
-        vectors = None
-    if vectors is None or vectors.ndim != 2 or vectors.shape[1] != dim:
-        lengths = sorted({len(r) if isinstance(r, list) else -1 for r in rows})
-        raise BadResponseError(
-            f"expected {dim}-dimensional embeddings, got lengths {lengths}",
-            status=200,
-            reason="wrong_dimensions",
-            expected=dim,
-            got=lengths,
-        )
-    return vectors.reshape(expected, dim)
-
-
-async def embed_query(client: genai.Client, text: str, recipe: Recipe) -> np.ndarray:
-    """The raw RETRIEVAL_QUERY vector (dim,) for `text`; the caller normalizes."""
-    return (await embed_batch(client, [text], recipe=recipe, task_type="RETRIEVAL_QUERY"))[0]
 
 
 def parse_duration(value: object) -> float | None:

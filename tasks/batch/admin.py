@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from indexflow.tasks.batch_results import JobStatus, get_status
-from indexflow.tasks.batch_submit import find_job_by_display_name
+from indexflow.tasks.batch.ledger import CANCELLED, JobRecord, Ledger
+from indexflow.tasks.batch.watch import read_status
+from indexflow.tasks.batch.wire import JobStatus
 from indexflow.tasks.errors import ConfigError, IndexflowError
-from indexflow.tasks.gemini import classify, make_client
-from indexflow.tasks.ledger import CANCELLED, JobRecord, Ledger
-from indexflow.tasks.settings import Endpoint, Settings
+from indexflow.tasks.gemini.batches import cancel_job, find_job_by_display_name
+from indexflow.tasks.gemini.client import make_client
+from indexflow.tasks.settings import DEFAULT_CALL_DEADLINE_SECONDS, Endpoint, Settings
+
+DEADLINE = DEFAULT_CALL_DEADLINE_SECONDS  # outside a run there are no run settings to take it from
 
 
 async def cancel_live_jobs(settings: Settings, endpoint: Endpoint, *, run_id: str | None = None) -> list[str]:
@@ -25,8 +28,6 @@ async def cancel_live_jobs(settings: Settings, endpoint: Endpoint, *, run_id: st
 async def cancel_jobs(db_uri: str, table: str, endpoint: Endpoint, *, refs: Sequence[str] | None = None,
                       run_id: str | None = None) -> list[str]:
     """Cancel live jobs of the ledger: those named in `refs` (key, `batches/ID` or ID), else all (of `run_id`)."""
-    from google.genai import errors as genai_errors
-
     try:
         ledger = await asyncio.to_thread(Ledger.open, db_uri, table, create=False)
     except IndexflowError:
@@ -49,14 +50,11 @@ async def cancel_jobs(db_uri: str, table: str, endpoint: Endpoint, *, refs: Sequ
     for record in records:
         if not record.live:
             continue
-        name = record.job_name or await find_job_by_display_name(client, record.key, since=record.created_at)
+        name = record.job_name or await find_job_by_display_name(client, record.key, since=record.created_at,
+                                                                 deadline_seconds=DEADLINE)
         if name is not None:
-            try:
-                await client.aio.batches.cancel(name=name)
-            except genai_errors.ClientError as exc:
-                if exc.code == 400:
-                    continue  # finished meanwhile: leave it to be collected
-                raise classify(exc) from None
+            if not await cancel_job(client, name, deadline_seconds=DEADLINE):
+                continue  # finished meanwhile: leave it to be collected
             cancelled.append(name)
         await asyncio.to_thread(ledger.update, record.key, state=CANCELLED, job_name=name, resolution="reported",
                                 error="cancelled on request")
@@ -73,6 +71,6 @@ async def job_status(db_uri: str, table: str, ref: str, endpoint: Endpoint) -> t
     if record.job_name is None:
         return record, None
     try:
-        return record, await get_status(make_client(endpoint), record.job_name)
+        return record, await read_status(make_client(endpoint), record.job_name, deadline_seconds=DEADLINE)
     except ConfigError:  # 404: deleted, or another endpoint than the one that ran it
         return record, None

@@ -61,8 +61,11 @@ JOBS_SCHEMA = pa.schema(
         pa.field("retried_online", pa.int32(), nullable=False),
         pa.field("dead_lettered", pa.int32(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("priority", pa.int64(), nullable=False),
     ]
 )
+# Columns added after the first ledgers were written, with the SQL value existing rows get.
+ADDED_JOB_COLUMNS = {"priority": "CAST(0 AS BIGINT)"}
 
 ITEMS_SCHEMA = pa.schema(
     [
@@ -108,6 +111,7 @@ class JobRecord:
     retried_online: int = 0
     dead_lettered: int = 0
     error: str | None = None
+    priority: int = 0  # sent on creation: the server runs higher priorities first
 
     @property
     def live(self) -> bool:
@@ -143,7 +147,7 @@ class Ledger:
         """The ledger of index `table` at `uri`; TableNotFoundError when missing and `create` is False."""
         db = connect(uri, create=create, table=table, storage_options=storage_options)
         if create:
-            jobs = open_or_create(db, table + JOBS_SUFFIX, JOBS_SCHEMA, "key")
+            jobs = _with_added_columns(open_or_create(db, table + JOBS_SUFFIX, JOBS_SCHEMA, "key"))
             items = open_or_none(db, table + ITEMS_SUFFIX) or _create_items(db, table + ITEMS_SUFFIX)
         else:
             jobs = open_or_none(db, table + JOBS_SUFFIX)
@@ -151,6 +155,7 @@ class Ledger:
                 raise TableNotFoundError(
                     f"no batch-job ledger for table {table!r} in {uri}; no batch run has used this table "
                     "(check --db/--table)", table=table, uri=uri)
+            jobs = _with_added_columns(jobs)
             items = open_or_none(db, table + ITEMS_SUFFIX)
         return cls(db, table, jobs, items)
 
@@ -247,6 +252,19 @@ class Ledger:
         stale = [k for k in with_items if k not in known or not known[k].open]
         self.forget_items(stale)
         return len(stale)
+
+
+def _with_added_columns(jobs):
+    """A ledger written before a column existed gets it, with its default, before any row is written."""
+    missing = {name: sql for name, sql in ADDED_JOB_COLUMNS.items() if name not in jobs.schema.names}
+    if missing:
+        try:
+            jobs.add_columns(missing)
+        except Exception as exc:  # another run added it meanwhile
+            if not all(name in jobs.schema.names for name in missing):
+                raise StoreError(f"cannot add columns {sorted(missing)} to the batch ledger: {exc}",
+                                 table=jobs.name) from exc
+    return jobs
 
 
 def _create_items(db: lancedb.DBConnection, name: str):
