@@ -33,7 +33,8 @@ Table = Annotated[str, Parameter(help="Index table name inside the database.")]
 def _row(record: JobRecord) -> dict:
     return {
         "key": record.key, "job": record.job_name or "-", "state": record.state,
-        "resolution": record.resolution or "-", "route": record.route, "items": record.items,
+        "resolution": record.resolution or "-", "route": record.route, "priority": record.priority,
+        "items": record.items,
         "tokens": record.tokens, "created": record.created_at.strftime("%Y-%m-%d %H:%M:%S"),
         "updated": record.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
     }

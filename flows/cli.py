@@ -91,12 +91,17 @@ class RunOptions:
     "Seconds the run may take; auto mode stays online when a batch job would take longer."
     wait_limit: float | None = None
     "Seconds to wait for batch jobs; then the run ends 'waiting' and the next run collects them."
+    priority: int | None = None
+    "Batch API job priority: higher runs first among the project's pending jobs (default 0, negative allowed)."
+    success_rate_threshold: float | None = None
+    "Alert (a log line, the summary, Prefect event indexflow.batch.success-rate-low) when a batch job's success rate falls below this (default 0.95)."
     spill: bool = True
     "Keep each arriving vector in a crash-safe file beside the table until it is committed (a killed run re-pays only its calls in flight)."
 
     def options(self) -> dict | None:
         extra = {"batch_threshold": self.batch_threshold, "deadline_seconds": self.deadline,
                  "batch_wait_limit_seconds": self.wait_limit, "rpm_counts": self.rpm_counts,
+                 "batch_success_rate_threshold": self.success_rate_threshold,
                  "spill_vectors": None if self.spill else False}
         return {k: v for k, v in extra.items() if v is not None} or None
 
@@ -107,7 +112,7 @@ class RunOptions:
             rpm=self.rpm, tpm=self.tpm, rpd=self.rpd, corpus_format=self.format, id_field=self.id_field,
             title_field=self.title_field, text_field=self.text_field, max_chunk_tokens=self.max_chunk_tokens,
             delete_missing=self.delete, rebuild=self.rebuild, retry_failed=self.retry_failed,
-            options=self.options(),
+            priority=self.priority, options=self.options(),
         )
 
 
@@ -175,6 +180,8 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
             print(f"skipped: {line}", file=sys.stderr)
         for line in summary.failures[:10]:
             print(f"dead-lettered: {line}", file=sys.stderr)
+        for line in summary.alerts[:10]:
+            print(f"alert: {line}", file=sys.stderr)
         if summary.dead_lettered:
             print(f"{summary.dead_lettered} chunk(s) are in {t.table}__dead_letters; fix the cause, then "
                   "run again with --retry-failed", file=sys.stderr)

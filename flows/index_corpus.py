@@ -172,6 +172,7 @@ async def index_corpus(
     delete_missing: bool = True,
     rebuild: bool = False,
     retry_failed: bool = False,
+    priority: int | None = None,
     options: dict[str, Any] | None = None,
     base_url: str | None = None,
     writer_wait_seconds: float | None = None,
@@ -181,7 +182,9 @@ async def index_corpus(
     The run ends Completed, or "Completed with problems" (still of type COMPLETED) when it
     skipped unreadable input or dead-lettered chunks; the state's message says how many.
 
-    `options` sets any other Settings field by name (e.g. `{"batch_wait_limit_seconds": 600}`).
+    `priority` orders this run's Batch API jobs among the project's pending ones (higher first,
+    default 0; the options key `batch_priority` too). `options` sets any other Settings field by
+    name (e.g. `{"batch_wait_limit_seconds": 600}`).
     One run writes a table at a time: another run on the same table waits for it (at most
     `writer_wait_seconds`, None for as long as it takes), then plans against what it committed.
     The API key is read from GEMINI_API_KEY or the Prefect Secret block `gemini-api-key`, never
@@ -200,7 +203,7 @@ async def index_corpus(
              batch_size=batch_size, concurrency=concurrency, rpm=rpm, tpm=tpm, rpd=rpd,
              corpus_format=corpus_format, id_field=id_field, title_field=title_field, text_field=text_field,
              max_chunk_tokens=max_chunk_tokens, delete_missing=delete_missing, rebuild=rebuild,
-             retry_failed=retry_failed, options=options),
+             retry_failed=retry_failed, priority=priority, options=options),
         emulator=label.startswith("emulator"),
     )
     hooks, stop = FlowHooks(logger), StopRequest()

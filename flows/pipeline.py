@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, ExitStack
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -63,12 +64,20 @@ def settings_from_params(params: dict[str, Any], *, emulator: bool) -> Settings:
     params.pop("base_url", None)
     params.pop("writer_wait_seconds", None)
     options = params.pop("options", None) or {}
+    if params.get("priority") is not None:  # the flow's and the CLI's name for a batch job's priority
+        params["batch_priority"] = params["priority"]
+    params.pop("priority", None)
     clash = sorted(set(options) & set(params))
     if clash:
         raise ConfigError(f"options {clash} are also flow parameters; set them once", fields=[(c,) for c in clash])
     # Only the default preset depends on the endpoint; an unset tier stays unset (see resolve_quota).
     default = {"default_tier": "unlimited" if emulator else "free"}
     return build_settings(**(default | params | options))
+
+
+# The Python API's `on_progress(job_status)`: a callable cannot travel as a flow parameter, and the
+# stages run in this process, so it rides in the context of the call that started the run.
+job_status_listener: ContextVar[Callable[[Any], None] | None] = ContextVar("job_status_listener", default=None)
 
 
 class ProgressSink(Protocol):
@@ -133,7 +142,7 @@ async def embed_batch_stage(settings: Settings, endpoint: Endpoint, total: int, 
 
     with progress:
         job = asyncio.ensure_future(run_batch(settings, endpoint, on_progress=progress, total=total,
-                                              run_id=run_id))
+                                              on_job_status=job_status_listener.get(), run_id=run_id))
         outcome = await _unless_stopped(job, stop)
         await progress.aclose(outcome.committed_rows, total)
     return raise_if_retryable(outcome)
@@ -354,4 +363,5 @@ def summarize(settings: Settings, label: str, route: str, outcome: Any, wall: fl
         summary.jobs_failed = outcome.jobs_failed + outcome.jobs_expired
         summary.jobs_cancelled = outcome.jobs_cancelled
         summary.batch_item_failures, summary.retried_online = outcome.item_failures, outcome.retried_online
+        summary.alerts = [a.message for a in outcome.alerts]
     return summary

@@ -50,6 +50,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)  # batch jobs whose success rate fell below the threshold
     message: str | None = None
 
     @property
@@ -120,6 +121,7 @@ class RunSummary:
                 ("batch jobs cancelled", self.jobs_cancelled),
                 ("batch items failed", self.batch_item_failures),
                 ("batch items retried online", self.retried_online),
+                ("batch success-rate alerts", len(self.alerts)),
             ]
         return [{"metric": k, "value": v} for k, v in pairs]
 
@@ -136,7 +138,7 @@ class RunSummary:
 
     def failure_markdown(self) -> str | None:
         """A short note for people: what failed, how many, what to do; None when nothing failed."""
-        if not (self.docs_failed or self.dead_lettered or self.status.startswith("stopped")):
+        if not (self.docs_failed or self.dead_lettered or self.alerts or self.status.startswith("stopped")):
             return None
         lines = [f"# indexflow: {self.table} — {self.status}", ""]
         if self.message:
@@ -150,6 +152,11 @@ class RunSummary:
                       f"`{self.table}__dead_letters`. Re-run with `indexflow index --retry-failed` "
                       "once the cause is fixed.", ""]
             lines += [f"- {s}" for s in self.failures[:20]] + [""]
+        if self.alerts:
+            lines += [f"**{len(self.alerts)} batch success-rate alert(s)** (Prefect event "
+                      "`indexflow.batch.success-rate-low`): the failed items were retried online or "
+                      "dead-lettered; look at the job's errors with `indexflow batches status JOB`.", ""]
+            lines += [f"- {a}" for a in self.alerts[:20]] + [""]
         return "\n".join(lines)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from typing import Any
 
-from google import genai
 from pydantic import SecretStr
 
 from indexflow.tasks.errors import ConfigError
 from indexflow.tasks.gemini.embed import embed_query
-from indexflow.tasks.gemini.client import make_client
+from indexflow.tasks.gemini.client import close_client, make_client
 from indexflow.tasks.normalize import l2_normalize
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.settings import Endpoint
@@ -33,7 +33,7 @@ class QueryEmbedder:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._client: genai.Client | None = None  # touched on self._loop only
+        self._client: Any = None  # a google-genai client (tasks.gemini), touched on self._loop only
 
     @classmethod
     def for_table(
@@ -107,5 +107,4 @@ class QueryEmbedder:
     async def _close_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aio.aclose()
-            client.close()
+            await close_client(client)

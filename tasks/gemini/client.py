@@ -26,3 +26,7 @@ def model_path(model: str) -> str:
     return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
 
 
+async def close_client(client: genai.Client) -> None:
+    """Close both of a client's transports (async first: it owns the connection pool calls used)."""
+    await client.aio.aclose()
+    client.close()
