@@ -107,3 +107,25 @@ def test_without_a_prefect_api_the_library_indexes_in_process_and_quietly(emu, t
     assert run.stderr == ""  # lines for people go to the `indexflow` logger, unconfigured here
     assert sorted(table_ids(tmp_path / "db", DEFAULT_TABLE)) == [f"doc-{i:03d}#0" for i in range(6)]
     assert not (tmp_path / "prefect-home").exists()
+
+
+def test_a_batch_run_reports_each_look_at_its_job_and_stops_waiting_at_the_timeout(api_env, tmp_path):
+    """Tracked (a flow run on the session's server): the callback still reaches the caller's code."""
+    corpus = write_corpus(tmp_path / "c.jsonl", 6)
+    db = str(tmp_path / "db")
+    api_env.admin.set_batch_config({"running_seconds": 600})  # outlives the timeout
+    seen = []
+    summary = indexflow.index(corpus, db_uri=db, mode="batch", priority=4, on_progress=seen.append,
+                              wait_timeout=1.5, options={"batch_poll_seconds": 0.2})
+    assert summary.status.startswith("waiting") and summary.jobs_created == 1 and summary.jobs_waiting == 1
+    assert len(seen) >= 3, "one look per poll: 0.2 s apart (x1.5 while idle) within 1.5 s"
+    assert all(s.state in ("PENDING", "RUNNING") and s.requests == 6 and s.priority == 4 for s in seen)
+    assert {s.name for s in seen} == {seen[0].name} and seen[0].name.startswith("batches/")
+
+    api_env.admin.set_batch_config({"running_seconds": 0.3})
+    done = []
+    again = asyncio.run(indexflow.aindex(corpus, db_uri=db, mode="batch", on_progress=done.append,
+                                         options={"batch_poll_seconds": 0.1}))
+    assert again.status == "completed" and again.jobs_resumed == 1 and again.chunks_embedded == 6
+    assert done[-1].state == "SUCCEEDED" and done[-1].success_rate == 1.0
+    assert len(table_ids(tmp_path / "db", DEFAULT_TABLE)) == 6
