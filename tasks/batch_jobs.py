@@ -43,8 +43,9 @@ from indexflow.tasks.batch_submit import (
     body_size, create_from_file, create_inline, create_once, find_job_by_display_name, inline_body,
     is_payload_too_large, jsonl_input, upload_jsonl,
 )
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, embed_chunks
+from indexflow.tasks.batcher import embed_chunks
 from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.embed_options import EmbedOptions, EmbedStats
 from indexflow.tasks.errors import BadRequestError, BatchJobError, ConfigError, IndexflowError
 from indexflow.tasks.gemini import classify, make_client
 from indexflow.tasks.ledger import (

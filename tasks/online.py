@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, default_embed, embed_chunks
+from indexflow.tasks.batcher import default_embed, embed_chunks
 from indexflow.tasks.chunk import Chunk, chunk_documents
 from indexflow.tasks.errors import EndpointUnreachableError, StoreError
 from indexflow.tasks.corpus import read_corpus
+from indexflow.tasks.embed_options import EmbedFailure, EmbedOptions, EmbedStats
 from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import Planner, PlanCounts
 from indexflow.tasks.problems import ProblemLog

@@ -461,11 +461,11 @@ def test_dead_letters_round_trip_and_replace_by_chunk_id(tmp_path, store):
 
 
 def test_dead_letters_accept_the_batchers_failure_records(store):
-    from indexflow.tasks.batcher import FailedItem as BatcherFailure
+    from indexflow.tasks.embed_options import EmbedFailure
 
     chunk = make_chunks(1)[0]
     when = datetime(2025, 5, 5, tzinfo=timezone.utc)
-    store.record_failures([BatcherFailure(chunk, "400 bad text", "BadRequestError", 3, when)])
+    store.record_failures([EmbedFailure(chunk, "400 bad text", "BadRequestError", 3, when)])
     assert store.dead_letters() == [FailedItem.from_chunk(chunk, "400 bad text", 3, when, "BadRequestError")]
 
 
