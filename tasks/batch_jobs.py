@@ -45,6 +45,7 @@ from indexflow.tasks.batch_submit import (
 )
 from indexflow.tasks.batcher import embed_chunks
 from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.dead_letters import FailedItem
 from indexflow.tasks.embed_options import EmbedOptions, EmbedStats
 from indexflow.tasks.errors import BadRequestError, BatchJobError, ConfigError, IndexflowError
 from indexflow.tasks.gemini import classify, make_client
@@ -56,7 +57,7 @@ from indexflow.tasks.online import corpus_chunks, make_planner, open_store, reco
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts, Planner
 from indexflow.tasks.problems import ProblemLog
 from indexflow.tasks.settings import Endpoint, Settings
-from indexflow.tasks.store import FailedItem, VectorStore
+from indexflow.tasks.store import VectorStore
 from indexflow.tasks.writer import writer_for
 
 log = logging.getLogger("indexflow.batch")

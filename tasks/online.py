@@ -195,7 +195,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
                 pass
 
     async def on_failed(items: list[EmbedFailure]) -> None:
-        from indexflow.tasks.store import FailedItem
+        from indexflow.tasks.dead_letters import FailedItem
 
         nonlocal dead
         store, _ = await asyncio.shield(opening)

@@ -411,7 +411,7 @@ def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(c
 
 def test_only_a_database_with_nothing_on_disk_skips_reading_the_table(tmp_path):
     from indexflow.tasks.online import nothing_written_yet
-    from indexflow.tasks.store import DEAD_LETTER_SUFFIX
+    from indexflow.tasks.dead_letters import DEAD_LETTER_SUFFIX
     from indexflow.tasks.online import DEAD_LETTER_SUFFIX as mirrored
 
     assert mirrored == DEAD_LETTER_SUFFIX
