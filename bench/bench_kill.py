@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from bench_process import INDEXFLOW, RunFailed, child_env, start_emulator  # noqa: E402
+from measure import INDEXFLOW, RunFailed, child_env, start_emulator  # noqa: E402
 from tests.datasets import scifact_corpus  # noqa: E402
 
 BATCH, CONCURRENCY = 100, 8

@@ -70,7 +70,7 @@ def child(corpus: str, db: str, url: str, key: str) -> None:
     """One run of the pipeline in this process; prints its phases as JSON on the last line."""
     base = _status("VmRSS")
     phases = Phases()
-    # What `indexflow index` does first (flows/cli.py); tasks.store.connect no longer does it.
+    # What `indexflow index` does first (flows/cli.py); tasks.lance_tables.connect no longer does it.
     from indexflow.tasks.memory import tune_process_memory
 
     tune_process_memory()  # a no-op under INDEXFLOW_TUNE_MEMORY=0

@@ -33,7 +33,8 @@ from pydantic import SecretStr  # noqa: E402
 
 from indexflow.emulator.admin import AdminClient  # noqa: E402
 from indexflow.emulator.embedding import count_tokens  # noqa: E402
-from indexflow.tasks.batcher import EmbedOptions, embed_chunks  # noqa: E402
+from indexflow.tasks.batcher import embed_chunks  # noqa: E402
+from indexflow.tasks.embed_options import EmbedOptions  # noqa: E402
 from indexflow.tasks.chunk import chunk_documents  # noqa: E402
 from indexflow.tasks.corpus import Document  # noqa: E402
 from indexflow.tasks.gemini.client import make_client  # noqa: E402

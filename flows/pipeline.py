@@ -198,7 +198,7 @@ async def run_index(settings: Settings, connect: Connect, label: str, hooks: Run
     `connect()` (e.g. `resolve_endpoint(key, url)`) is entered only when there is something to
     embed or a batch job to follow: an unchanged corpus starts no emulator and no API client.
     """
-    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.embed_options import EmbedStats
     from indexflow.tasks.online import OnlineOutcome
     from indexflow.tasks.table import open_store, recover_spilled, table_is_empty
     from indexflow.tasks.writer_lock import table_writer

@@ -2,9 +2,10 @@
 
     chunks ──reader──▶ [chunk queue] ──batcher──▶ [batch queue] ──workers×N──▶ [result queue] ──writer──▶ sink / on_failed
 
-Each worker: concurrency slot -> rate-limiter permit -> one API call -> guards -> L2 normalize,
-with retries, bisection of 400s and dead letters from `tasks.retry`. Every queue is bounded, so
-a slow sink stalls the workers, then the batcher, then the reader (backpressure end to end).
+The reader and the batcher are `tasks.micro_batch`'s; each worker sends its batches through
+`tasks.guarded_call` (slot, permit, call, guards, normalization, with `tasks.retry`'s retries and
+bisection). Every queue is bounded, so a slow sink stalls the workers, then the batcher, then the
+reader (backpressure end to end). The options, counters and failure records are `tasks.embed_options`'s.
 
 Contract of `embed_chunks` (the caller owns flushing whatever the sink buffers):
 - `sink(chunks, vectors)` gets one batch at a time: `vectors[i]` is the normalized vector of
@@ -24,127 +25,32 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import datetime, timezone
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from indexflow.tasks.chunk import Chunk
-from indexflow.tasks.errors import (
-    BadRequestError,
-    BadResponseError,
-    ConfigError,
-    DailyQuotaError,
-    EndpointUnreachableError,
-    IndexflowError,
-    RateLimitedError,
-    RunInterrupted,
-    TransientAPIError,
-)
+from indexflow.tasks.embed_options import EmbedFailure, EmbedOptions, EmbedStats
+from indexflow.tasks.errors import ConfigError, EndpointUnreachableError, RunInterrupted
+from indexflow.tasks.guarded_call import EmbedFn, GuardedCall
 from indexflow.tasks.limits import AdaptiveConcurrency, RateLimiter
+from indexflow.tasks.micro_batch import END, form_batches, read_chunks
 from indexflow.tasks.recipe import Recipe
-from indexflow.tasks.retry import BatchOutcome, Failure, RetryPolicy, embed_resolving
-from indexflow.tasks.settings import Limits, Settings
+from indexflow.tasks.retry import RetryPolicy
 
-MAX_BATCH = 100  # texts per batchEmbedContents call, a hard API limit
 READ_BLOCK = 64  # chunks pulled per thread hop from a synchronous iterable, at least a full batch
 
 if TYPE_CHECKING:  # numpy loads with the first answer, not before the first call
     import numpy as np
 
-EmbedFn = Callable[[Sequence[Chunk]], Awaitable["np.ndarray"]]
 Sink = Callable[[list[Chunk], "np.ndarray"], Any]
-FailedSink = Callable[[list["FailedItem"]], Any]
+FailedSink = Callable[[list[EmbedFailure]], Any]
 OnProgress = Callable[[int, int | None], None]
 
-
-@dataclass(frozen=True)
-class FailedItem:
-    """A chunk that could not be embedded: what went wrong, after how many calls, and when."""
-
-    chunk: Chunk
-    error: str
-    error_type: str
-    attempts: int
-    failed_at: datetime
-
-
-@dataclass(frozen=True)
-class EmbedOptions:
-    """The knobs of the embed stage; `from_settings` builds them from the run's Settings."""
-
-    recipe: Recipe = field(default_factory=Recipe)
-    limits: Limits = field(default_factory=Limits)
-    batch_size: int = MAX_BATCH
-    batch_timeout: float = 0.05
-    call_token_budget: int = MAX_BATCH * 2048
-    concurrency: int = 8
-    max_attempts: int = 8
-    max_retry_seconds: float = 900.0
-    call_deadline_seconds: float | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "EmbedOptions":
-        return cls(
-            recipe=settings.recipe,
-            limits=settings.limits,
-            batch_size=settings.batch_size,
-            batch_timeout=settings.batch_timeout,
-            call_token_budget=settings.call_token_budget,
-            concurrency=settings.concurrency,
-            max_attempts=settings.max_attempts,
-            max_retry_seconds=settings.max_retry_seconds,
-            call_deadline_seconds=settings.call_deadline_seconds,
-        )
-
-    @property
-    def texts_per_call(self) -> int:
-        """batch_size, but never over 100 nor over the RPM when each text counts as a request."""
-        size = min(self.batch_size, MAX_BATCH)
-        if self.limits.rpm is not None and self.limits.count == "texts":
-            size = min(size, self.limits.rpm)
-        return size
-
-
-@dataclass
-class EmbedStats:
-    """Counters of one embed stage run, for the report."""
-
-    chunks_read: int = 0
-    embedded: int = 0
-    dead_lettered: int = 0
-    calls: int = 0  # HTTP calls made, including retries and bisection halves
-    texts_sent: int = 0
-    tokens_sent: int = 0
-    batches: int = 0  # batches formed by the batcher
-    rate_limited: int = 0  # 429s answered per minute
-    unavailable: int = 0  # 503s
-    other_errors: int = 0  # 500s, timeouts, dropped connections, bad responses, 400s
-    retries: int = 0
-    bisections: int = 0
-    limiter_wait_seconds: float = 0.0
-    concurrency_shrinks: int = 0
-    max_reader_lead: int = 0  # most chunks read but not yet handed to a sink
-    reader_lead_bound: int = 0  # what the queue sizes allow for max_reader_lead
-    elapsed_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_END = object()
 DRAIN_SECONDS = 120.0  # most time a stopping run waits for calls already sent (the HTTP timeout bounds them)
 # After an interrupt the user is waiting: calls on the wire get this long, then are abandoned
 # (their chunks are embedded again by the next run; nothing is half-written).
 INTERRUPT_DRAIN_SECONDS = 1.0
-# Connection failures before the endpoint has answered once mean a wrong URL or no network, not
-# an outage: give up after this many instead of retrying for minutes.
-CONNECT_ATTEMPTS = 3
-
-
-class _Stopped(Exception):
-    """Raised inside a worker instead of starting a call once the run is stopping."""
 
 
 def default_embed(client: Any, recipe: Recipe, *, deadline_seconds: float | None = None) -> EmbedFn:
@@ -216,22 +122,20 @@ class _Pipeline:
         stop: asyncio.Event | None = None,
     ) -> None:
         self.options = options
-        self.embed = embed
         self.sink = sink
         self.on_failed = on_failed
         self.on_progress = on_progress
         self.total = total
         self.limiter = limiter
-        self.policy = policy
-        self.concurrency = AdaptiveConcurrency(options.concurrency)
+        self._protected: set[asyncio.Task] = set()  # workers with a call on the wire or a result to deliver
+        self.calls = GuardedCall(
+            embed, limiter=limiter, policy=policy, concurrency=AdaptiveConcurrency(options.concurrency),
+            stats=stats, dimensions=options.recipe.dimensions, protected=self._protected,
+        )
         self.size = options.texts_per_call
         self.stats = stats
         self.settled = 0
-        self.stopping = False
         self.stop = stop
-        self.answered = False  # the endpoint has sent an HTTP answer (any status) this run
-        self.connect_failures = 0
-        self._protected: set[asyncio.Task] = set()  # workers with a call on the wire or a result to deliver
         n = options.concurrency
         self.chunk_q: asyncio.Queue = asyncio.Queue(maxsize=2 * self.size)
         self.batch_q: asyncio.Queue = asyncio.Queue(maxsize=n)
@@ -244,9 +148,14 @@ class _Pipeline:
 
     async def run(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> EmbedStats:
         started = time.monotonic()
+        reader = read_chunks(chunks, self.chunk_q, block=self.read_block, on_read=self._count_read)
+        batcher = form_batches(
+            self.chunk_q, self.batch_q, size=self.size, token_budget=self.options.call_token_budget,
+            timeout=self.options.batch_timeout, consumers=self.options.concurrency, on_batch=self._count_batch,
+        )
         upstream = [
-            asyncio.create_task(self._reader(chunks), name="embed-reader"),
-            asyncio.create_task(self._batcher(), name="embed-batcher"),
+            asyncio.create_task(reader, name="embed-reader"),
+            asyncio.create_task(batcher, name="embed-batcher"),
             *(asyncio.create_task(self._worker(), name=f"embed-worker-{i}") for i in range(self.options.concurrency)),
         ]
         writer = asyncio.create_task(self._writer(), name="embed-writer")
@@ -274,7 +183,7 @@ class _Pipeline:
             await asyncio.gather(*upstream, return_exceptions=True)
             if not writer.done():
                 # Let the writer hand over every finished batch before stopping.
-                end = asyncio.ensure_future(self.result_q.put(_END))
+                end = asyncio.ensure_future(self.result_q.put(END))
                 await asyncio.wait({end, writer}, return_when=asyncio.FIRST_COMPLETED)
                 end.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
@@ -285,7 +194,7 @@ class _Pipeline:
                 task.cancel()
             self.stats.elapsed_seconds = time.monotonic() - started
             self.stats.limiter_wait_seconds = self.limiter.waited_seconds
-            self.stats.concurrency_shrinks = self.concurrency.shrinks
+            self.stats.concurrency_shrinks = self.calls.concurrency.shrinks
         if fatal is not None:
             raise fatal
         return self.stats
@@ -296,7 +205,7 @@ class _Pipeline:
         A call in flight was admitted (and is paid for); its result is still handed to the sink
         if it arrives within `drain` seconds.
         """
-        self.stopping = True
+        self.calls.stop()
         for task in upstream:
             if task not in self._protected:
                 task.cancel()
@@ -306,176 +215,36 @@ class _Pipeline:
 
     # -- stages ---------------------------------------------------------------------------
 
-    async def _reader(self, chunks: Iterable[Chunk] | AsyncIterable[Chunk]) -> None:
-        if isinstance(chunks, AsyncIterable):
-            async for chunk in chunks:
-                await self._put_chunk(chunk)
-        else:
-            iterator = iter(chunks)
-            while True:
-                # The source may do file I/O and parsing: pull a block per thread hop, off the loop.
-                block = await asyncio.to_thread(lambda: list(islice(iterator, self.read_block)))
-                if not block:
-                    break
-                for chunk in block:
-                    await self._put_chunk(chunk)
-        await self.chunk_q.put(_END)
-
-    async def _put_chunk(self, chunk: Chunk) -> None:
+    def _count_read(self) -> None:
         self.stats.chunks_read += 1
         lead = self.stats.chunks_read - self.settled
         if lead > self.stats.max_reader_lead:
             self.stats.max_reader_lead = lead
-        await self.chunk_q.put(chunk)
 
-    async def _batcher(self) -> None:
-        """Close a batch at `size` texts, at the token budget, or `batch_timeout` after its first chunk."""
-        loop = asyncio.get_running_loop()
-        budget = self.options.call_token_budget
-        batch: list[Chunk] = []
-        tokens = 0
-        deadline = 0.0
-        finished = False
-        while not finished:
-            if not self.chunk_q.empty():
-                item = self.chunk_q.get_nowait()
-            elif batch:
-                try:
-                    item = await asyncio.wait_for(self.chunk_q.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
-                    item = None
-            else:
-                item = await self.chunk_q.get()
-            if item is _END:
-                finished = True
-            elif item is not None:
-                if batch and tokens + item.tokens > budget:
-                    await self._emit(batch)
-                    batch, tokens = [], 0
-                if not batch:
-                    deadline = loop.time() + self.options.batch_timeout
-                batch.append(item)
-                tokens += item.tokens
-                if len(batch) < self.size and tokens < budget:
-                    continue
-            if batch:
-                await self._emit(batch)
-                batch, tokens = [], 0
-        for _ in range(self.options.concurrency):
-            await self.batch_q.put(_END)
-
-    async def _emit(self, batch: list[Chunk]) -> None:
+    def _count_batch(self, batch: list[Chunk]) -> None:
         self.stats.batches += 1
-        await self.batch_q.put(batch)
 
     async def _worker(self) -> None:
         me = asyncio.current_task()
-        while (batch := await self.batch_q.get()) is not _END:
-            outcome = await self._embed_batch(batch)
+        while (batch := await self.batch_q.get()) is not END:
+            outcome = await self.calls.resolve(batch)
             self._protected.add(me)
             try:
                 await self.result_q.put(outcome)
             finally:
                 self._protected.discard(me)
-            if self.stopping:
+            if self.calls.stopping:
                 return
 
-    async def _embed_batch(self, batch: list[Chunk]) -> BatchOutcome[Chunk]:
-        tokens = sum(c.tokens for c in batch)
-        try:
-            self.limiter.check_fits(len(batch), tokens)
-        except ConfigError as error:
-            if len(batch) > 1:
-                raise
-            # One chunk larger than a whole minute of quota can never be sent: dead-letter it.
-            return BatchOutcome([], None, [Failure(batch[0], error, 0)])
-        outcome = await embed_resolving(
-            batch, self._attempt, policy=self.policy, limiter=self.limiter, on_retry=self._on_retry
-        )
-        self.stats.bisections += outcome.bisections
-        return outcome
-
-    async def _attempt(self, part: Sequence[Chunk]) -> np.ndarray:
-        """One guarded API call: concurrency slot, quota permit, call, guards, normalization."""
-        tokens = sum(c.tokens for c in part)
-        generation = await self.concurrency.acquire()
-        try:
-            permit = await self.limiter.acquire(len(part), tokens)
-            me = asyncio.current_task()
-            sent = True
-            try:
-                if self.stopping:
-                    raise _Stopped()
-                self.stats.calls += 1
-                self.stats.texts_sent += len(part)
-                self.stats.tokens_sent += tokens
-                self._protected.add(me)
-                raw = await self.embed(part)
-                self.answered = True
-            except IndexflowError as error:
-                if getattr(error, "reason", None) == "connect":
-                    sent = False  # refused before a byte was sent: the server counted nothing
-                if self.stopping:
-                    raise _Stopped() from None  # no retries once the run is stopping
-                self._count_error(error, generation)
-                raise
-            finally:
-                self._protected.discard(me)
-                if sent:
-                    self.limiter.complete(permit)
-                else:
-                    self.limiter.refund(permit)
-            from indexflow.tasks.normalize import find_bad_rows, l2_normalize
-
-            bad = find_bad_rows(raw)
-            if bad:
-                self.stats.other_errors += 1
-                rows = list(bad)
-                raise BadResponseError(
-                    f"{len(rows)} of {len(part)} embeddings are unusable (first: chunk {part[rows[0]].id}, "
-                    f"{bad[rows[0]]})",
-                    status=200,
-                    rows=rows,
-                    reasons=bad,
-                    reason=bad[rows[0]],
-                )
-            vectors = l2_normalize(raw, expected_dim=self.options.recipe.dimensions)
-            self.concurrency.on_success()
-            return vectors
-        finally:
-            self.concurrency.release()
-
-    def _count_error(self, error: IndexflowError, generation: int) -> None:
-        status = getattr(error, "status", None)
-        if status is not None:
-            self.answered = True
-        elif getattr(error, "reason", None) == "connect" and not self.answered:
-            self.connect_failures += 1
-            if self.connect_failures >= CONNECT_ATTEMPTS:
-                raise EndpointUnreachableError(str(error), attempts=self.connect_failures) from error
-        if isinstance(error, RateLimitedError):
-            self.stats.rate_limited += 1
-            self.concurrency.on_overload(generation)
-        elif isinstance(error, TransientAPIError) and status == 503:
-            self.stats.unavailable += 1
-            self.concurrency.on_overload(generation)
-        elif error.transient or isinstance(error, BadRequestError):
-            self.stats.other_errors += 1
-        if isinstance(error, DailyQuotaError):
-            self.limiter.mark_day_exhausted(error)
-
-    def _on_retry(self, attempt: int, error: IndexflowError, delay: float) -> None:
-        self.stats.retries += 1
-
     async def _writer(self) -> None:
-        while (outcome := await self.result_q.get()) is not _END:
+        while (outcome := await self.result_q.get()) is not END:
             if outcome.items:
                 await _call(self.sink, list(outcome.items), outcome.vectors)
                 self.stats.embedded += len(outcome.items)
             if outcome.failures:
                 now = datetime.now(timezone.utc)
                 failed = [
-                    FailedItem(f.item, str(f.error), type(f.error).__name__, f.attempts, now) for f in outcome.failures
+                    EmbedFailure(f.item, str(f.error), type(f.error).__name__, f.attempts, now) for f in outcome.failures
                 ]
                 await _call(self.on_failed, failed)
                 self.stats.dead_lettered += len(failed)

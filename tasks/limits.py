@@ -8,7 +8,8 @@ every admitted call (a `Permit`) and admits a new one only if the costs still in
 plus the new cost stay within each limit. A permit stays in the window from admission until
 `window` seconds after its call *finished* (in-flight calls never expire): the server stamps a
 call somewhere between the two, so this is the conservative reading and costs only one call's
-latency per minute of quota.
+latency per minute of quota. The day is a count, not a window (`DayQuota`): a run never waits
+for it; once it is spent the run stops, and a re-run after the reset resumes.
 
 `AdaptiveConcurrency` is the AIMD gate: overload (429/503) halves the allowed concurrency once
 per "generation" of calls, successes grow it back by one per `limit` successes.
@@ -42,6 +43,30 @@ class Permit:
     finished: float = math.inf
 
 
+class DayQuota:
+    """Requests per day as this run spends them: never waited for; once spent, every later call raises."""
+
+    def __init__(self, rpd: int | None) -> None:
+        self.rpd = rpd
+        self.used = 0
+        self.exhausted: DailyQuotaError | None = None
+
+    def check(self, requests: int) -> None:
+        """Raise DailyQuotaError if the day is spent, here or as the server said, or `requests` would overspend it."""
+        if self.exhausted is not None:
+            raise self.exhausted
+        if self.rpd is not None and self.used + requests > self.rpd:
+            self.exhausted = DailyQuotaError(
+                f"the daily quota of {self.rpd} requests is spent ({self.used} used by this run); "
+                "the run stops here and resumes where it left off when re-run after the quota resets",
+                status=None,
+                quota_id="client:rpd",
+                limit=self.rpd,
+                used=self.used,
+            )
+            raise self.exhausted
+
+
 class RateLimiter:
     """Requests-per-minute, tokens-per-minute and requests-per-day windows, plus a shared 429 pause."""
 
@@ -58,8 +83,7 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._permits: deque[Permit] = deque()
-        self._day_used = 0
-        self._day_exhausted: DailyQuotaError | None = None
+        self._day = DayQuota(limits.rpd)
         self._paused_until = -math.inf
         self._turn = asyncio.Lock()  # FIFO: callers are admitted in arrival order
         self._changed = asyncio.Event()
@@ -97,13 +121,13 @@ class RateLimiter:
         async with self._turn:
             while True:
                 now = self._clock()
-                self._check_day(requests)
+                self._day.check(requests)
                 delay = self.delay(requests, tokens, now)
                 if delay == 0:
                     self.holding = None
                     permit = Permit(requests, tokens, admitted=now)
                     self._permits.append(permit)
-                    self._day_used += requests
+                    self._day.used += requests
                     return permit
                 self.holding = (self.holder(requests, tokens, now), now + delay)
                 if math.isinf(delay):
@@ -126,7 +150,7 @@ class RateLimiter:
         except ValueError:
             pass  # already pruned
         else:
-            self._day_used -= permit.requests
+            self._day.used -= permit.requests
         self._changed.set()
 
     def delay(self, requests: int, tokens: int, now: float) -> float:
@@ -165,24 +189,9 @@ class RateLimiter:
         horizon = now - self.window
         self._permits = deque(p for p in self._permits if p.finished > horizon)
 
-    def _check_day(self, requests: int) -> None:
-        if self._day_exhausted is not None:
-            raise self._day_exhausted
-        rpd = self.limits.rpd
-        if rpd is not None and self._day_used + requests > rpd:
-            self._day_exhausted = DailyQuotaError(
-                f"the daily quota of {rpd} requests is spent ({self._day_used} used by this run); "
-                "the run stops here and resumes where it left off when re-run after the quota resets",
-                status=None,
-                quota_id="client:rpd",
-                limit=rpd,
-                used=self._day_used,
-            )
-            raise self._day_exhausted
-
     def mark_day_exhausted(self, error: DailyQuotaError) -> None:
         """The server reported the daily quota spent: every later acquire raises `error`."""
-        self._day_exhausted = error
+        self._day.exhausted = error
         self._changed.set()
 
     def pause_until(self, until: float) -> None:

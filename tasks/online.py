@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem as EmbedFailure, default_embed, embed_chunks
+from indexflow.tasks.batcher import default_embed, embed_chunks
 from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.embed_options import EmbedFailure, EmbedOptions, EmbedStats
 from indexflow.tasks.errors import EndpointUnreachableError, StoreError
 from indexflow.tasks.limits import RateLimiter
 from indexflow.tasks.plan import PlanCounts, Planner, corpus_chunks, make_planner
@@ -116,7 +117,7 @@ async def run_online(settings: Settings, endpoint: Endpoint | None, *,
                 pass
 
     async def on_failed(items: list[EmbedFailure]) -> None:
-        from indexflow.tasks.store import FailedItem
+        from indexflow.tasks.dead_letters import FailedItem
 
         nonlocal dead
         store, _ = await asyncio.shield(opening)

@@ -90,7 +90,7 @@ class Failure(Generic[Item]):
 
 
 @dataclass
-class BatchOutcome(Generic[Item]):
+class ResolvedBatch(Generic[Item]):
     """Embedded items with their vectors (paired, never by position across batches) and failures."""
 
     items: list[Item]
@@ -108,7 +108,7 @@ async def embed_resolving(
     on_retry: OnRetry | None = None,
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
-) -> BatchOutcome[Item]:
+) -> ResolvedBatch[Item]:
     """Embed `items` with retries; isolate bad items so the good ones still get their vectors.
 
     A 400 splits the batch in halves, each retried as its own call, down to single items.
@@ -168,4 +168,4 @@ async def embed_resolving(
         vectors = np.concatenate(done_vectors)
     else:
         vectors = None
-    return BatchOutcome(done_items, vectors, failures, bisections)
+    return ResolvedBatch(done_items, vectors, failures, bisections)

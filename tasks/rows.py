@@ -19,7 +19,7 @@ from indexflow.tasks.recipe import Recipe
 RECIPE_KEY = "indexflow.recipe"
 UTC_US = pa.timestamp("us", tz="UTC")
 # Lance's field-metadata form of the unenforced primary key. Writing it into the schema at
-# creation makes the key part of the table's first commit; `_ensure_key` checks it afterwards
+# creation makes the key part of the table's first commit; `lance_tables.ensure_key` checks it afterwards
 # and falls back to the public `set_unenforced_primary_key` should the encoding ever change.
 PK_METADATA = {"lance-schema:unenforced-primary-key:position": "1"}
 

@@ -12,7 +12,7 @@ from indexflow.tasks.errors import StoreError
 from indexflow.tasks.settings import Settings
 from indexflow.tasks.writer_lock import is_local, local_root
 
-DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.store's, kept here so checking for it imports no LanceDB
+DEAD_LETTER_SUFFIX = "__dead_letters"  # tasks.dead_letters's, kept here so checking for it imports no LanceDB
 
 if TYPE_CHECKING:
     from indexflow.tasks.store import VectorStore

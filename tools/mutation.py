@@ -117,6 +117,8 @@ TARGETS: tuple[Target, ...] = (
     Target("tasks/table.py", ("tests/tasks/test_online.py",)),
     Target("tasks/writer.py", ("tests/tasks/test_store.py",)),
     Target("tasks/store.py", ("tests/tasks/test_store.py", "tests/tasks/test_online.py")),
+    Target("tasks/lance_tables.py", ("tests/tasks/test_store.py", "tests/tasks/test_online.py")),
+    Target("tasks/dead_letters.py", ("tests/tasks/test_store.py", "tests/tasks/test_online.py")),
     Target("tasks/retry.py", ("tests/tasks/test_retry.py", "tests/tasks/test_batcher.py")),
     Target("tasks/limits.py", ("tests/tasks/test_limits.py", "tests/tasks/test_retry.py",
                                "tests/tasks/test_batcher.py")),

@@ -29,7 +29,8 @@ from lancedb.expr import col
 
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import StoreError, TableNotFoundError
-from indexflow.tasks.store import PK_METADATA, UTC_US, connect, open_or_create, open_or_none
+from indexflow.tasks.lance_tables import connect, open_or_create, open_or_none
+from indexflow.tasks.rows import PK_METADATA, UTC_US
 
 JOBS_SUFFIX = "__batch_jobs"
 ITEMS_SUFFIX = "__batch_items"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from indexflow.tasks.batcher import EmbedStats
+from indexflow.tasks.embed_options import EmbedStats
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
 from indexflow.tasks.problems import ProblemLog
 

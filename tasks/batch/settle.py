@@ -12,7 +12,8 @@ from indexflow.tasks.batch.context import BatchContext
 from indexflow.tasks.batch.ledger import COLLECTED, EXPIRED, JobRecord
 from indexflow.tasks.batch.submit import Submitter
 from indexflow.tasks.batch.wire import ItemError, JobResults, JobStatus, file_results, inline_results
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, embed_chunks
+from indexflow.tasks.batcher import embed_chunks
+from indexflow.tasks.embed_options import EmbedOptions, EmbedStats
 from indexflow.tasks.chunk import Chunk
 from indexflow.tasks.errors import BatchJobError
 from indexflow.tasks.gemini.batches import inline_responses
@@ -22,7 +23,7 @@ from indexflow.tasks.normalize import find_bad_rows, l2_normalize
 if TYPE_CHECKING:
     import numpy as np
 
-    from indexflow.tasks.store import FailedItem
+    from indexflow.tasks.dead_letters import FailedItem
 
 log = logging.getLogger("indexflow.batch")
 
@@ -126,7 +127,7 @@ class Settler:
             await asyncio.to_thread(ctx.writer.add, part, vectors)
 
         async def on_failed(items) -> None:
-            from indexflow.tasks.store import FailedItem
+            from indexflow.tasks.dead_letters import FailedItem
 
             nonlocal dead
             dead += len(items)
@@ -150,7 +151,7 @@ class Settler:
 
 
 def _failed_item(error: ItemError) -> FailedItem:
-    from indexflow.tasks.store import FailedItem
+    from indexflow.tasks.dead_letters import FailedItem
 
     return FailedItem.from_chunk(error.chunk, f"batch item error {error.code}: {error.message}", 1,
                                  error_type="BatchItemError")

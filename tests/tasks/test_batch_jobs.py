@@ -569,7 +569,7 @@ def test_the_cost_of_a_run_at_the_documented_prices():
 
 def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
     from indexflow.tasks.batch.outcome import BatchOutcome
-    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.embed_options import EmbedStats
     from indexflow.tasks.plan import PlanCounts
 
     s = settings_for(small_corpus(tmp_path / "c.jsonl", list(range(5))), tmp_path, "t")
@@ -599,7 +599,7 @@ def test_a_run_reports_every_count_and_its_progress(emu, endpoint, tmp_path):
 
 def test_a_resumed_run_reports_in_flight_chunks_and_deletes_only_once_no_job_is_left(emu, endpoint, tmp_path):
     from indexflow.tasks.batch.outcome import BatchOutcome
-    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.embed_options import EmbedStats
     from indexflow.tasks.plan import PlanCounts
 
     corpus = small_corpus(tmp_path / "c.jsonl", [0, 1, 2, 3, 4])

@@ -17,8 +17,9 @@ from indexflow.emulator.config import EmulatorConfig, LimitConfig
 from indexflow.emulator.embedding import embed_texts
 from indexflow.emulator.limits import QuotaExceeded, RateLimiter as ServerRateLimiter
 from indexflow.emulator.server import running_emulator
-from indexflow.tasks.batcher import EmbedOptions, EmbedStats, FailedItem, embed_chunks
+from indexflow.tasks.batcher import embed_chunks
 from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.embed_options import EmbedFailure, EmbedOptions, EmbedStats
 from indexflow.tasks.errors import AuthError, BadRequestError, DailyQuotaError, StoreError
 from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.limits import RateLimiter
@@ -57,7 +58,7 @@ class Collect:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.vectors: dict[str, np.ndarray] = {}
-        self.failed: list[FailedItem] = []
+        self.failed: list[EmbedFailure] = []
 
     def sink(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
         assert vectors.shape[0] == len(chunks)
@@ -66,7 +67,7 @@ class Collect:
             assert chunk.id not in self.vectors, f"{chunk.id} delivered twice"
             self.vectors[chunk.id] = vector
 
-    def on_failed(self, items: list[FailedItem]) -> None:
+    def on_failed(self, items: list[EmbedFailure]) -> None:
         self.failed.extend(items)
 
 

@@ -19,7 +19,7 @@ if how in ("tune", "before-pyarrow"):
     from indexflow.tasks.memory import tune_process_memory
     tune_process_memory()
 elif how == "library":  # a library call in someone else's process changes nothing process-wide
-    from indexflow.tasks.store import connect
+    from indexflow.tasks.lance_tables import connect
     connect(db)
 else:  # the command: the process is indexflow's
     from indexflow.flows.cli import main

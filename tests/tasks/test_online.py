@@ -397,7 +397,7 @@ def test_a_run_lists_the_first_20_failures_and_counts_every_one(emu, corpus, tmp
 def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(corpus, tmp_path):
     # The flow's fallback when a stage raised without an outcome: OnlineOutcome(counts, ...) alone.
     from indexflow.flows.index_corpus import summarize
-    from indexflow.tasks.batcher import EmbedStats
+    from indexflow.tasks.embed_options import EmbedStats
     from indexflow.tasks.online import OnlineOutcome
     from indexflow.tasks.plan import PlanCounts
     from indexflow.tasks.problems import ProblemLog
@@ -412,7 +412,7 @@ def test_a_stage_that_failed_before_reporting_is_summarized_as_nothing_written(c
 
 def test_only_a_database_with_nothing_on_disk_skips_reading_the_table(tmp_path):
     from indexflow.tasks.table import nothing_written_yet
-    from indexflow.tasks.store import DEAD_LETTER_SUFFIX
+    from indexflow.tasks.dead_letters import DEAD_LETTER_SUFFIX
     from indexflow.tasks.table import DEAD_LETTER_SUFFIX as mirrored
 
     assert mirrored == DEAD_LETTER_SUFFIX

@@ -9,15 +9,14 @@ import pyarrow as pa
 import pytest
 
 from indexflow.tasks.chunk import Chunk
+from indexflow.tasks.dead_letters import DEAD_LETTER_SUFFIX, FailedItem
 from indexflow.tasks.errors import RecipeMismatchError, StoreError
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.search import IndexPolicy
 from indexflow.tasks.store import (
-    DEAD_LETTER_SUFFIX,
     METADATA_TYPE,
     RECIPE_KEY,
     ChunkKey,
-    FailedItem,
     StoreStats,
     VectorStore,
     chunk_schema,
@@ -335,9 +334,9 @@ def test_delete_ids_with_quotes_and_sql_looking_text(store):
 
 
 def test_delete_in_batches_larger_than_one_filter(store, monkeypatch):
-    import indexflow.tasks.store as store_module
+    import indexflow.tasks.lance_tables as lance_tables
 
-    monkeypatch.setattr(store_module, "ID_BATCH", 7)
+    monkeypatch.setattr(lance_tables, "ID_BATCH", 7)
     store.upsert(rows_from(make_chunks(30), unit(30)))
     assert store.delete_chunks(c.id for c in make_chunks(20)) == 20
     assert store.count_rows() == 10
@@ -461,11 +460,11 @@ def test_dead_letters_round_trip_and_replace_by_chunk_id(tmp_path, store):
 
 
 def test_dead_letters_accept_the_batchers_failure_records(store):
-    from indexflow.tasks.batcher import FailedItem as BatcherFailure
+    from indexflow.tasks.embed_options import EmbedFailure
 
     chunk = make_chunks(1)[0]
     when = datetime(2025, 5, 5, tzinfo=timezone.utc)
-    store.record_failures([BatcherFailure(chunk, "400 bad text", "BadRequestError", 3, when)])
+    store.record_failures([EmbedFailure(chunk, "400 bad text", "BadRequestError", 3, when)])
     assert store.dead_letters() == [FailedItem.from_chunk(chunk, "400 bad text", 3, when, "BadRequestError")]
 
 
@@ -531,7 +530,7 @@ def test_rebuild_of_a_table_that_does_not_exist_yet_creates_it(tmp_path):
 
 def test_a_file_uri_is_a_local_database_a_read_never_creates(tmp_path):
     from indexflow.tasks.errors import TableNotFoundError
-    from indexflow.tasks.store import local_path
+    from indexflow.tasks.lance_tables import local_path
 
     missing = tmp_path / "no-such-db"
     assert local_path(f"file://{missing}") == missing
@@ -639,7 +638,7 @@ class RacingConnection:
 
 
 def test_a_table_another_writer_creates_first_is_opened_not_refused(tmp_path):
-    from indexflow.tasks.store import open_or_create
+    from indexflow.tasks.lance_tables import open_or_create
 
     db = RacingConnection(str(tmp_path), "idx", chunk_schema(RECIPE))
     table = open_or_create(db, "idx", chunk_schema(RECIPE), "id")
@@ -678,15 +677,15 @@ class ConflictingTable:
 
 @pytest.mark.parametrize(("conflicts", "migrated"), [(4, True), (5, False)])
 def test_a_migration_outlasts_four_conflicting_commits_and_gives_up_at_the_fifth(tmp_path, conflicts, migrated):
-    from indexflow.tasks.store import _ensure_metadata
+    from indexflow.tasks.lance_tables import ensure_metadata
 
     table = ConflictingTable(old_table(tmp_path, make_chunks(3), unit(3)), conflicts)
     if migrated:
-        _ensure_metadata(table)
+        ensure_metadata(table)
         assert metadata_by_id(current(tmp_path, "old")) == expected_metadata(make_chunks(3))
     else:
         with pytest.raises(RuntimeError, match="commit conflict"):
-            _ensure_metadata(table)
+            ensure_metadata(table)
         assert "metadata" not in current(tmp_path, "old").schema.names
     assert table.attempts == 5
 

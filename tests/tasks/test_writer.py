@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from indexflow.tasks.errors import StoreError
-from indexflow.tasks.store import FailedItem, VectorStore
+from indexflow.tasks.dead_letters import FailedItem
+from indexflow.tasks.store import VectorStore
 from indexflow.tasks.writer import GroupWriter
 from tests.fakes import FakeClock
 from tests.tasks.test_store import RECIPE, make_chunks, unit
@@ -85,7 +86,7 @@ def test_without_dead_letters_the_writer_never_writes_to_their_table(store):
     chunk = make_chunks(1, doc_prefix="x")[0]
     store.record_failures([FailedItem.from_chunk(chunk, "503", 8)])
     store.clear_dead_letters([chunk.id])
-    dead = store._dead_letters(create=False)
+    dead = store.failures.table(create=False)
     version = dead.version
     writer = GroupWriter(store, group_rows=5, clock=FakeClock())
     chunks, vectors = make_chunks(12), unit(12)
