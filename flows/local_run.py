@@ -19,30 +19,11 @@ from indexflow.flows.signals import SIGNAL_EXIT, STOPPING
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
 from indexflow.tasks.redact import redact
 from indexflow.tasks.plan import Forecast
+from indexflow.tasks.prefect_api import prefect_api_configured  # noqa: F401  (cli.py and api.py ask here)
 from indexflow.tasks.report import TerminalProgress
 from indexflow.tasks.settings import Settings
 
 T = TypeVar("T")
-
-def prefect_api_configured() -> bool:
-    """True when PREFECT_API_URL is set, in the environment or in the active Prefect profile.
-
-    Read without importing Prefect (which costs a second): the profile file is plain TOML.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return True
-    import tomllib
-    from pathlib import Path
-
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    profile = (profiles.get("profiles") or {}).get(active) or {}
-    return bool(profile.get("PREFECT_API_URL"))
 
 
 class TerminalHooks:

@@ -31,6 +31,10 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         # the default recorder batches make task-run states lag seconds behind; tests read them
         PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL="1",
         PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="1",
+        # on by default; pinned, since automations (tests/flows/test_batch_alerts.py) need them: the
+        # triggers setting starts both the reactive triggers and the actions service
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="true",
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED="true",
     )
     if api_url:
         env["PREFECT_API_URL"] = api_url

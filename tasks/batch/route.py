@@ -161,7 +161,7 @@ class BatchRun:
                     continue
                 if status.settled != self.settled.get(key):
                     self.settled[key], progressed = status.settled, True
-                self.rate.look(record, status)
+                await self.rate.look(record, status)
                 if status.state == "RUNNING" and record.state == CREATED:
                     self.jobs[key] = await asyncio.to_thread(self.ctx.ledger.update, key, state=RUNNING)
                 if status.done:

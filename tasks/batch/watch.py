@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from indexflow.tasks.batch.alerts import check, emit
+from indexflow.tasks.batch.alerts import aemit, check
 from indexflow.tasks.batch.context import BatchContext
 from indexflow.tasks.batch.ledger import JobRecord
 from indexflow.tasks.batch.wire import JobStatus, parse_status
@@ -56,7 +56,8 @@ class RateWatch:
         self.ctx, self.on_job_status = ctx, on_job_status
         self.alerted: set[str] = set()  # jobs already alerted on while polling
 
-    def look(self, record: JobRecord, status: JobStatus) -> None:
+    async def look(self, record: JobRecord, status: JobStatus) -> None:
+        """One look at a job: to the caller's callback, then to the alert rules."""
         if self.on_job_status is not None:
             self.on_job_status(status)
         threshold = self.ctx.opts.success_rate_threshold
@@ -70,4 +71,4 @@ class RateWatch:
             self.alerted.add(record.key)
             log.warning("%s", alert.message)
             self.ctx.out.alerts.append(alert)
-            emit(alert)
+            await aemit(alert)  # delivered before the run goes on: a killed run still told someone
