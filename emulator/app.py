@@ -47,9 +47,10 @@ class Emulator:
     def update_config(self, **changes: object) -> None:
         """Replace config fields at run time and hand the new config to every part that reads it."""
         self.config = self.config.model_copy(update=changes)
-        # FileStore and BatchStore read `self.config` (e.g. `.batch`) whenever they act.
+        # FileStore and BatchStore read `self.config` (e.g. `.batch`) whenever they act; the batch
+        # queue must also settle its past under the old paused/max_running before they change.
         self.files.config = self.config
-        self.batches.config = self.config
+        self.batches.configure(self.config)
         self.limits.configure(self.config.limits)
         self.concurrency.cap = self.config.limits.max_concurrent_calls
 
