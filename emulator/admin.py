@@ -9,7 +9,8 @@ Endpoints:
                                  replace the rates, re-seed
   GET|POST /_emulator/limits     LimitConfig fields merged into the current limits; {"tier": "free"}
                                  starts from a preset
-  GET|POST /_emulator/batch-config  BatchConfig fields merged into the current batch config
+  GET|POST /_emulator/batch-config  BatchConfig fields merged into the current batch config, e.g.
+                                 {"paused": true}, {"max_running": 1} (queue changes apply at once)
   GET|POST /_emulator/config     latency_base_ms, latency_per_text_ms, latency_jitter_ms, hang_seconds,
                                  drip_seconds, max_input_tokens
 
@@ -234,7 +235,7 @@ class AdminClient:
         return self._call("GET", "batch-config")
 
     def set_batch_config(self, changes: BatchConfig | dict) -> dict:
-        """Merge fields (e.g. item_failure_rate, fail_next_jobs, running_seconds) into the batch config."""
+        """Merge fields (e.g. item_failure_rate, fail_next_jobs, running_seconds, paused, max_running)."""
         body = changes.model_dump() if isinstance(changes, BatchConfig) else dict(changes)
         return self._call("POST", "batch-config", body)
 

@@ -1,8 +1,9 @@
 """The emulator's ASGI app: one `Emulator` state object plus Google-shaped and admin routes.
 
 Routes: online embeddings (emulator.online), Batch API (emulator.batches), Files API
-(emulator.files), admin under `/_emulator/` (emulator.admin). Every `GoogleError` becomes a
-google.rpc.Status body and is counted in the stats (see emulator.admin for counter names).
+(emulator.files, uploads in emulator.uploads), admin under `/_emulator/` (emulator.admin). Every
+`GoogleError` becomes a google.rpc.Status body and is counted in the stats (see emulator.admin for
+counter names).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from . import admin, batches, files, online
+from . import admin, batches, files, online, uploads
 from .batches import BatchStore
 from .config import BatchConfig, EmulatorConfig
 from .faults import FaultInjector
@@ -21,16 +22,18 @@ from .files import FileStore
 from .google_errors import GoogleError, invalid_argument
 from .limits import ConcurrencyGate, QuotaExceeded, RateLimiter
 from .stats import Stats
+from .uploads import UploadSessions
 
 
 class Emulator:
-    """Everything one running emulator holds: config, stats, limits, faults, files, batch jobs."""
+    """Everything one running emulator holds: config, stats, limits, faults, files, uploads, batch jobs."""
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.initial_config = config
         self.config = config
         self.stats = Stats()
         self.files = FileStore(config, self.stats)
+        self.uploads = UploadSessions(self.files, self.stats)
         self.batches = BatchStore(config, self.stats, self.files)
         self.limits = RateLimiter(config.limits)
         self.concurrency = ConcurrencyGate(config.limits.max_concurrent_calls)
@@ -44,9 +47,10 @@ class Emulator:
     def update_config(self, **changes: object) -> None:
         """Replace config fields at run time and hand the new config to every part that reads it."""
         self.config = self.config.model_copy(update=changes)
-        # FileStore and BatchStore read `self.config` (e.g. `.batch`) whenever they act.
+        # FileStore and BatchStore read `self.config` (e.g. `.batch`) whenever they act; the batch
+        # queue must also settle its past under the old paused/max_running before they change.
         self.files.config = self.config
-        self.batches.config = self.config
+        self.batches.configure(self.config)
         self.limits.configure(self.config.limits)
         self.concurrency.cap = self.config.limits.max_concurrent_calls
 
@@ -66,6 +70,7 @@ class Emulator:
         self._latency_rng = random.Random(self.config.seed)
         if jobs:
             self.files.reset()
+            self.uploads.clear()
             self.batches.reset()
 
 
@@ -94,6 +99,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(admin.router)
     app.include_router(files.router)
+    app.include_router(uploads.router)
     app.include_router(batches.router)
     app.include_router(online.router)
     return app

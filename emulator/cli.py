@@ -39,6 +39,10 @@ def build_parser(prog: str = "python -m indexflow.emulator") -> argparse.Argumen
     p.add_argument("--batch-pending-seconds", type=float)
     p.add_argument("--batch-running-seconds", type=float)
     p.add_argument("--batch-item-failure-rate", type=float)
+    p.add_argument("--batch-paused", action="store_true", default=None,
+                   help="start with the batch queue paused: jobs stay PENDING until an admin call lifts it")
+    p.add_argument("--batch-max-running", type=int, metavar="N",
+                   help="at most N batch jobs RUNNING at once; the rest wait PENDING, highest priority first")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -56,7 +60,9 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         name: value
         for name, value in (("pending_seconds", args.batch_pending_seconds),
                             ("running_seconds", args.batch_running_seconds),
-                            ("item_failure_rate", args.batch_item_failure_rate))
+                            ("item_failure_rate", args.batch_item_failure_rate),
+                            ("paused", args.batch_paused),
+                            ("max_running", args.batch_max_running))
         if value is not None
     }
     batch = BatchConfig.model_validate({**BatchConfig().model_dump(), **batch_changes})

@@ -42,6 +42,11 @@ class BatchConfig(BaseModel):
     # Injected whole-job outcomes: the next N jobs created end FAILED or EXPIRED instead of SUCCEEDED.
     fail_next_jobs: int = 0
     expire_next_jobs: int = 0
+    # The queue (emulator.batch_queue): while paused no PENDING job starts and paused time does not
+    # count as pending time; at most max_running jobs RUNNING at once (None: no cap). Jobs that may
+    # start go by priority, then age. The defaults leave every job on its own timeline.
+    paused: bool = False
+    max_running: int | None = Field(default=None, ge=1)  # 0 would be `paused` by another name
 
 
 class EmulatorConfig(BaseModel):

@@ -1,33 +1,22 @@
-"""Files API of the emulator: Google's resumable upload, get, list, delete and download.
+"""Files API of the emulator: the file store, get, list, delete and download.
 
-Upload (what google-genai's `files.upload` does):
-  1. `POST /upload/{v}/files` with the API key, `X-Goog-Upload-Command: start`,
-     `X-Goog-Upload-Header-Content-Length/-Type` and `{"file": {...}}` → 200 with an ABSOLUTE
-     `x-goog-upload-url` on this emulator (`/upload/{v}/files?upload_id=TOKEN`, as Google's) and
-     `x-goog-upload-status: active`.
-  2. `POST` that URL, WITHOUT the key (the opaque token authorizes it), with
-     `X-Goog-Upload-Command: upload[, finalize]` and `X-Goog-Upload-Offset` → `active` after a
-     chunk, `final` plus `{"file": {...}}` after finalize. Errors on the upload URL also carry
-     `x-goog-upload-status: final`, otherwise the SDK silently retries the chunk.
+Uploads (Google's resumable protocol) are `emulator.uploads`; they end in `FileStore.put_bytes`.
 Files expire 48 h after creation like Google's. Any file may be downloaded (Google only serves
 generated files; the emulator does not enforce that). Batch output files are `source: GENERATED`
 and carry a `downloadUri` on the `/download/{v}/files/ID:download?alt=media` form.
 
-Stats: `files.uploaded` (finalized uploads), `files.bytes` (bytes of those uploads).
+Stats: `files.downloaded` (downloads served); uploads count their own (emulator.uploads).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import secrets
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -41,7 +30,6 @@ router = APIRouter()
 
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 FILE_TTL_SECONDS = 48 * 3600
-_FILE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
 
 class FileStore:
@@ -53,50 +41,23 @@ class FileStore:
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
         self._data: dict[str, bytes] = {}
-        self._uploads: dict[str, dict[str, Any]] = {}
+        self._folder = jobstate.RecordFolder(config.state_dir, "files")
         self._seq = 0
-        self._load()
-
-    # -- persistence ----------------------------------------------------------------------
-
-    def _folder(self) -> Path | None:
-        state_dir = self.config.state_dir
-        return Path(state_dir) / "files" if state_dir is not None else None
-
-    def _load(self) -> None:
-        folder = self._folder()
-        if folder is None:
-            return
-        for record in jobstate.read_json_records(folder):
-            blob = folder / f"{record.get('id')}.bin"
-            if not blob.is_file():
-                continue
+        for record in self._folder.load():
+            data = self._folder.blob(record["id"])
+            if data is None:
+                continue  # its bytes never made it to disk: not a file
             self._records[record["id"]] = record
-            self._data[record["id"]] = blob.read_bytes()
+            self._data[record["id"]] = data
             self._seq = max(self._seq, record["seq"])
 
-    def _persist(self, record: dict[str, Any], data: bytes) -> None:
-        folder = self._folder()
-        if folder is not None:
-            # Bytes first: a record without its bytes is skipped on load, never half-served.
-            jobstate.write_atomic(folder / f"{record['id']}.bin", data)
-            jobstate.write_json(folder / f"{record['id']}.json", record)
-
-    def _unpersist(self, file_id: str) -> None:
-        folder = self._folder()
-        if folder is not None:
-            jobstate.remove(folder / f"{file_id}.json", folder / f"{file_id}.bin")
-
     def reset(self) -> None:
-        """Forget every file and pending upload, on disk too."""
+        """Forget every file, on disk too."""
         with self._lock:
             for file_id in list(self._records):
-                self._unpersist(file_id)
+                self._folder.remove(file_id)
             self._records.clear()
             self._data.clear()
-            self._uploads.clear()
-
-    # -- store operations -----------------------------------------------------------------
 
     def put_bytes(
         self,
@@ -126,19 +87,24 @@ class FileStore:
             }
             self._records[file_id] = record
             self._data[file_id] = data
-            self._persist(record, data)
+            self._folder.save(record, data)
             return dict(record)
+
+    def exists(self, file_id: str) -> bool:
+        """Whether `files/{file_id}` is taken (expired files included until someone reads them)."""
+        with self._lock:
+            return file_id in self._records
 
     def get(self, name: str) -> dict[str, Any]:
         """The record of `files/ID` (or `ID`); 404 NOT_FOUND when absent or expired."""
-        file_id = _file_id(name)
+        wanted = id_of(name)
         with self._lock:
-            record = self._records.get(file_id)
+            record = self._records.get(wanted)
             if record is not None and time.time() > record["created"] + FILE_TTL_SECONDS:
-                self._drop(file_id)
+                self._drop(wanted)
                 record = None
         if record is None:
-            raise not_found(f"File files/{file_id} does not exist or you do not have permission to access it.")
+            raise not_found(f"File files/{wanted} does not exist or you do not have permission to access it.")
         return dict(record)
 
     def get_bytes(self, name: str) -> bytes:
@@ -162,7 +128,7 @@ class FileStore:
     def _drop(self, file_id: str) -> None:
         self._records.pop(file_id, None)
         self._data.pop(file_id, None)
-        self._unpersist(file_id)
+        self._folder.remove(file_id)
 
     def _new_id(self) -> str:
         # Lowercase alphanumerics: the SDK's t_file_name only extracts [a-z0-9]+ from URIs.
@@ -171,72 +137,8 @@ class FileStore:
             if file_id not in self._records:
                 return file_id
 
-    # -- resumable upload -----------------------------------------------------------------
 
-    def start_upload(self, meta: dict[str, Any], size: int | None, mime_type: str | None) -> str:
-        """Open an upload session for the file described by `meta`; returns its opaque token."""
-        name = meta.get("name")
-        file_id = _file_id(name) if name else None
-        if file_id is not None and not _FILE_ID.match(file_id):
-            raise invalid_argument(
-                f"Invalid file name {name!r}: the id after 'files/' must be 1-40 lowercase letters, "
-                "digits or dashes, not starting or ending with a dash."
-            )
-        mime = mime_type or meta.get("mimeType") or meta.get("mime_type")
-        if not mime:
-            raise invalid_argument("Upload has no MIME type: set X-Goog-Upload-Header-Content-Type.")
-        token = secrets.token_urlsafe(24)
-        with self._lock:
-            if file_id is not None and file_id in self._records:
-                raise GoogleError(409, "ALREADY_EXISTS", f"File files/{file_id} already exists.")
-            self._uploads[token] = {
-                "file_id": file_id,
-                "display_name": meta.get("displayName") or meta.get("display_name"),
-                "mime_type": mime,
-                "size": size,
-                "buffer": bytearray(),
-            }
-        return token
-
-    def receive(
-        self, token: str, command: str, offset: int | None, chunk: bytes
-    ) -> tuple[dict[str, Any] | None, int]:
-        """Apply one upload-URL request; returns (file record once finalized else None, bytes received)."""
-        commands = {c.strip() for c in command.lower().split(",") if c.strip()}
-        with self._lock:
-            session = self._uploads.get(token)
-        if session is None:
-            raise not_found("Upload session not found or already finalized.")
-        buffer: bytearray = session["buffer"]
-        if "query" in commands:
-            return None, len(buffer)
-        if "upload" in commands:
-            if offset is not None and offset != len(buffer):
-                raise invalid_argument(
-                    f"X-Goog-Upload-Offset is {offset} but the server has received {len(buffer)} bytes."
-                )
-            buffer.extend(chunk)
-        if "finalize" not in commands:
-            if "upload" not in commands:
-                raise invalid_argument(f"Unsupported X-Goog-Upload-Command {command!r}.")
-            return None, len(buffer)
-        with self._lock:
-            self._uploads.pop(token, None)
-        if session["size"] is not None and session["size"] != len(buffer):
-            raise invalid_argument(
-                f"Upload finalized with {len(buffer)} bytes but X-Goog-Upload-Header-Content-Length "
-                f"declared {session['size']}."
-            )
-        record = self.put_bytes(
-            session["display_name"], session["mime_type"], bytes(buffer),
-            file_id=session["file_id"], source="UPLOADED",
-        )
-        self.stats.add("files.uploaded")
-        self.stats.add("files.bytes", len(buffer))
-        return record, len(buffer)
-
-
-def _file_id(name: str) -> str:
+def id_of(name: str) -> str:
     """`files/ID` or `ID` → `ID`."""
     return name[len("files/"):] if name.startswith("files/") else name
 
@@ -279,72 +181,6 @@ def _base_url(request: Request) -> str:
 
 
 # -- routes -----------------------------------------------------------------------------------
-
-
-@router.post("/upload/{version}/files")
-async def upload(version: str, request: Request) -> Response:
-    """Resumable upload: `start` (with the key) or, with `?upload_id=`, a chunk (without it)."""
-    check_version(version, request)
-    token = request.query_params.get("upload_id")
-    if token is not None:
-        return await _upload_chunk(version, token, request)
-    require_api_key(request)
-    command = request.headers.get("x-goog-upload-command", "").strip().lower()
-    if command != "start" or request.headers.get("x-goog-upload-protocol", "").lower() != "resumable":
-        raise invalid_argument(
-            "Only the resumable protocol is supported: send X-Goog-Upload-Protocol: resumable and "
-            "X-Goog-Upload-Command: start."
-        )
-    raw = await request.body()
-    try:
-        payload = orjson.loads(raw) if raw else {}
-    except orjson.JSONDecodeError as exc:
-        raise invalid_argument(f"Invalid JSON payload received. {exc}") from None
-    meta = (payload.get("file") if isinstance(payload, dict) else None) or {}
-    size_header = request.headers.get("x-goog-upload-header-content-length")
-    try:
-        size = int(size_header) if size_header is not None else None
-    except ValueError:
-        raise invalid_argument(f"X-Goog-Upload-Header-Content-Length {size_header!r} is not an integer.") from None
-    token = _store(request).start_upload(meta, size, request.headers.get("x-goog-upload-header-content-type"))
-    upload_url = f"{_base_url(request).rstrip('/')}/upload/{version}/files?upload_id={token}&upload_protocol=resumable"
-    return Response(
-        status_code=200,
-        headers={
-            "x-goog-upload-url": upload_url,
-            "x-goog-upload-status": "active",
-            "x-goog-upload-chunk-granularity": str(256 * 1024),
-        },
-    )
-
-
-async def _upload_chunk(version: str, token: str, request: Request) -> Response:
-    store = _store(request)
-    command = request.headers.get("x-goog-upload-command", "")
-    offset_header = request.headers.get("x-goog-upload-offset")
-    try:
-        offset = int(offset_header) if offset_header is not None else None
-        record, received = store.receive(token, command, offset, await request.body())
-    except ValueError:
-        return _upload_error(invalid_argument(f"X-Goog-Upload-Offset {offset_header!r} is not an integer."))
-    except GoogleError as exc:
-        return _upload_error(exc)
-    if record is None:
-        return Response(
-            status_code=200,
-            headers={"x-goog-upload-status": "active", "x-goog-upload-size-received": str(received)},
-        )
-    return json_response(
-        {"file": resource(record, _base_url(request), version)},
-        headers={"x-goog-upload-status": "final"},
-    )
-
-
-def _upload_error(exc: GoogleError) -> Response:
-    response = exc.response()
-    # Without a status header the SDK retries the chunk three times before giving up.
-    response.headers["x-goog-upload-status"] = "final"
-    return response
 
 
 @router.get("/{version}/files", dependencies=[Depends(require_api_key)])

@@ -1,9 +1,9 @@
 """Small persistence helpers for the emulator's Files and Batch stores (`--state-dir`).
 
 Each record is one JSON file (and, for files, one `.bin` beside it) written atomically, so a
-crash or a stopped emulator never leaves a half-written record for the next start to trip on.
-Also holds what both stores share: the RFC 3339 timestamp format and newest-first paging with
-opaque page tokens.
+crash or a stopped emulator never leaves a half-written record for the next start to trip on;
+`RecordFolder` is one store's folder of them. Also holds what both stores share: the RFC 3339
+timestamp format and newest-first paging with opaque page tokens.
 """
 
 from __future__ import annotations
@@ -59,6 +59,37 @@ def remove(*paths: Path) -> None:
     """Delete the given files if they exist."""
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+class RecordFolder:
+    """A store's records under `state_dir/name`, `ID.json` plus an optional `ID.bin`; inert without a state dir."""
+
+    def __init__(self, state_dir: Path | None, name: str) -> None:
+        self.path = Path(state_dir) / name if state_dir is not None else None
+
+    def load(self) -> list[dict[str, Any]]:
+        """Every record with an `id` and a `seq` (other JSON files in the folder are not records)."""
+        if self.path is None:
+            return []
+        return [r for r in read_json_records(self.path) if "id" in r and "seq" in r]
+
+    def blob(self, record_id: str) -> bytes | None:
+        """The `.bin` beside a record, None when there is none."""
+        path = self.path / f"{record_id}.bin" if self.path is not None else None
+        return path.read_bytes() if path is not None and path.is_file() else None
+
+    def save(self, record: dict[str, Any], blob: bytes | None = None) -> None:
+        """Write the record (and its blob first: a record without its bytes is skipped on load)."""
+        if self.path is None:
+            return
+        if blob is not None:
+            write_atomic(self.path / f"{record['id']}.bin", blob)
+        write_json(self.path / f"{record['id']}.json", record)
+
+    def remove(self, record_id: str) -> None:
+        """Forget a record and its blob."""
+        if self.path is not None:
+            remove(self.path / f"{record_id}.json", self.path / f"{record_id}.bin")
 
 
 def encode_page_token(seq: int) -> str:

@@ -8,6 +8,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
+from indexflow.emulator.admin import AdminError
+from indexflow.emulator.cli import build_parser, config_from_args
 from indexflow.emulator.config import BatchConfig, EmulatorConfig
 from indexflow.emulator.embedding import count_tokens, embed_texts
 from indexflow.emulator.server import RunningEmulator, running_emulator
@@ -339,3 +342,187 @@ def test_jobs_and_files_survive_a_restart_on_the_same_state_dir(tmp_path):
         client = make_client(third)
         assert [j.state for j in client.batches.list()] == [types.JobState.JOB_STATE_SUCCEEDED] * 2
         assert json.loads(client.files.download(file=output_name))["key"] == "a"
+
+
+# -- priority and the queue -------------------------------------------------------------------
+# The SDK's CreateEmbeddingsBatchJobConfig has no priority field, so these jobs are created with
+# the REST body google-genai would send, plus `priority`.
+
+
+def create_raw(emu: RunningEmulator, texts: list[str] | None = None, *, file_name: str | None = None,
+               **batch_fields: object) -> httpx.Response:
+    """POST `models/{MODEL}:asyncBatchEmbedContent` with extra fields in the batch resource."""
+    if file_name is not None:
+        input_config: dict = {"fileName": file_name}
+    else:
+        input_config = {"requests": {"requests": [
+            {"request": {"model": f"models/{MODEL}", "content": {"parts": [{"text": t}]}}} for t in texts or ["x"]
+        ]}}
+    body = {"batch": {"displayName": "raw", "inputConfig": input_config, **batch_fields}}
+    return httpx.post(f"{emu.base_url}/v1beta/models/{MODEL}:asyncBatchEmbedContent", json=body,
+                      headers={"x-goog-api-key": emu.api_key})
+
+
+def created(emu: RunningEmulator, priority: object = None, texts: list[str] | None = None) -> str:
+    """The name of a job created with `priority` (None: no field at all)."""
+    response = create_raw(emu, texts, **({} if priority is None else {"priority": priority}))
+    assert response.status_code == 200, response.text
+    return response.json()["name"]
+
+
+def snapshot(emu: RunningEmulator) -> dict[str, dict]:
+    """Every job's metadata from ONE list call, so all states are read at the same instant."""
+    response = httpx.get(f"{emu.base_url}/v1beta/batches", params={"pageSize": 1000},
+                         headers={"x-goog-api-key": emu.api_key})
+    response.raise_for_status()
+    return {op["name"]: op["metadata"] for op in response.json()["operations"]}
+
+
+def until_all_done(emu: RunningEmulator, timeout: float = 30.0) -> list[dict[str, dict]]:
+    """Snapshots every 20 ms until every job is finished; the last one has them all done."""
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        seen.append(snapshot(emu))
+        if all(meta["state"] in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED") for meta in seen[-1].values()):
+            return seen
+        assert time.monotonic() < deadline, seen[-1]
+        time.sleep(0.02)
+
+
+def epoch(timestamp: str) -> float:
+    return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def states(meta_by_name: dict[str, dict], *names: str) -> tuple[str, ...]:
+    return tuple(meta_by_name[name]["state"].removeprefix("BATCH_STATE_") for name in names)
+
+
+# Timestamps are rendered to the microsecond: two of them differ by the true gap give or take 1 µs.
+EXACT = 2e-6
+
+
+def test_after_a_pause_the_higher_priority_job_takes_the_one_slot_first(emu):
+    # Run times are frozen per job at creation: `high` runs long enough that polls see it RUNNING
+    # even on a loaded machine, `low` briefly.
+    emu.admin.set_batch_config({"paused": True, "max_running": 1, "pending_seconds": 0.0, "running_seconds": 0.2})
+    low = created(emu, "1")  # older: creation order alone would run it first
+    emu.admin.set_batch_config({"running_seconds": 2.0})
+    high = created(emu, "9")
+    # With no pending time, an unpaused queue would have both RUNNING from their creation on.
+    assert states(snapshot(emu), low, high) == ("PENDING", "PENDING")
+
+    emu.admin.set_batch_config({"paused": False})
+    seen = until_all_done(emu)
+    assert states(seen[-1], low, high) == ("SUCCEEDED", "SUCCEEDED")
+    while_high_runs = [states(snap, low) for snap in seen if states(snap, high) == ("RUNNING",)]
+    assert while_high_runs and set(while_high_runs) == {("PENDING",)}
+    assert ("RUNNING", "RUNNING") not in {states(snap, low, high) for snap in seen}
+    high_end, low_end = epoch(seen[-1][high]["endTime"]), epoch(seen[-1][low]["endTime"])
+    # The slot went to `high` first; `low` started the moment it freed and ran its 0.2 s.
+    assert high_end < low_end and low_end - high_end == pytest.approx(0.2, abs=EXACT)
+    assert [seen[-1][low]["priority"], seen[-1][high]["priority"]] == ["1", "9"]
+
+
+def test_a_job_created_while_paused_serves_its_pending_time_after_the_pause(emu):
+    emu.admin.set_batch_config({"paused": True, "pending_seconds": 0.3, "running_seconds": 0.1})
+    name = created(emu)
+    before_unpause = time.time()  # the emulator runs in this process, on this clock
+    emu.admin.set_batch_config({"paused": False})
+    started = epoch(until_all_done(emu)[-1][name]["endTime"]) - 0.1
+    # Counted from its creation it would have started 0.3 s after `createTime`, before this.
+    assert started >= before_unpause + 0.3 - EXACT
+
+
+def test_equal_priorities_run_in_creation_order(emu):
+    emu.admin.set_batch_config({"paused": True, "max_running": 1, "pending_seconds": 0.0, "running_seconds": 0.2})
+    names = [created(emu, "4") for _ in range(4)]
+    emu.admin.set_batch_config({"paused": False})
+    final = until_all_done(emu)[-1]
+    ends = [epoch(final[name]["endTime"]) for name in names]
+    assert ends == sorted(ends)
+    # one at a time, each starting as the one before ends
+    assert [b - a for a, b in zip(ends, ends[1:])] == pytest.approx([0.2] * 3, abs=EXACT)
+
+
+def test_max_running_queues_jobs_and_a_cancel_frees_the_slot(emu):
+    emu.admin.set_batch_config({"max_running": 1, "pending_seconds": 0.0, "running_seconds": 60.0})
+    first, second, third = (created(emu, priority) for priority in (None, "5", None))
+    assert states(snapshot(emu), first, second, third) == ("RUNNING", "PENDING", "PENDING")
+
+    cancelled = httpx.post(f"{emu.base_url}/v1beta/{third}:cancel", headers={"x-goog-api-key": emu.api_key})
+    assert cancelled.status_code == 200
+    assert states(snapshot(emu), first, second, third) == ("RUNNING", "PENDING", "CANCELLED")
+    httpx.post(f"{emu.base_url}/v1beta/{first}:cancel", headers={"x-goog-api-key": emu.api_key}).raise_for_status()
+    after = snapshot(emu)
+    assert states(after, first, second, third) == ("CANCELLED", "RUNNING", "CANCELLED")
+    # `second` started at the instant `first` was cancelled, not when someone next looked.
+    assert epoch(after[second]["updateTime"]) == pytest.approx(epoch(after[first]["endTime"]), abs=EXACT)
+
+
+def test_priority_is_reported_on_create_get_and_list_for_inline_and_file_jobs(emu, client):
+    uploaded = client.files.upload(
+        file=io.BytesIO(b'{"key": "k", "request": {"content": {"parts": [{"text": "file text"}]}}}\n'),
+        config={"mime_type": "jsonl"})
+    answers = {
+        "inline": create_raw(emu, ["a"], priority="9"),
+        "file": create_raw(emu, file_name=uploaded.name, priority=-3),  # a JSON number is accepted too
+        "zero": create_raw(emu, ["b"], priority="0"),
+    }
+    assert all(response.status_code == 200 for response in answers.values())
+    names = {kind: response.json()["name"] for kind, response in answers.items()}
+    expected = {"inline": "9", "file": "-3", "zero": None}
+    assert {kind: r.json()["metadata"].get("priority") for kind, r in answers.items()} == expected
+    assert {kind: raw_job(emu, name)["metadata"].get("priority") for kind, name in names.items()} == expected
+    listed = snapshot(emu)
+    assert {kind: listed[name].get("priority") for kind, name in names.items()} == expected
+    # the SDK parses the resource with the field in it
+    assert client.batches.get(name=names["file"]).name == names["file"]
+
+
+@pytest.mark.parametrize("priority", ["high", "1.5", 1.5, True, "", " 7", "9223372036854775808", {"value": 1}])
+def test_a_non_integer_priority_is_a_400_and_creates_nothing(emu, priority):
+    response = create_raw(emu, ["text"], priority=priority)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT") and "priority" in error["message"]
+    assert snapshot(emu) == {}
+    assert emu.admin.stats()["errors.batch.400"] == 1
+
+
+def test_default_jobs_report_no_priority_and_keep_their_own_timeline(emu, client):
+    emu.admin.set_batch_config({"pending_seconds": 0.2, "running_seconds": 0.3})
+    names = [create_inline(client, [f"text {i}"]).name for i in range(3)]
+    final = until_all_done(emu)[-1]
+    for name in names:
+        meta = final[name]
+        assert "priority" not in meta
+        # Each job's own pending then running time, exactly, however late it was read.
+        assert epoch(meta["endTime"]) - epoch(meta["createTime"]) == pytest.approx(0.5, abs=EXACT)
+
+
+def test_queue_settings_through_the_admin_endpoint_and_the_cli(emu):
+    assert {k: emu.admin.batch_config()[k] for k in ("paused", "max_running")} == {"paused": False, "max_running": None}
+    changed = emu.admin.set_batch_config({"paused": True, "max_running": 2})
+    assert (changed["paused"], changed["max_running"]) == (True, 2)
+    assert emu.emulator.batches.config.batch.max_running == 2
+    with pytest.raises(AdminError) as info:
+        emu.admin.set_batch_config({"max_running": 0})
+    assert info.value.status == 400
+
+    config = config_from_args(build_parser().parse_args(["--batch-paused", "--batch-max-running", "3"]))
+    assert (config.batch.paused, config.batch.max_running) == (True, 3)
+    default = config_from_args(build_parser().parse_args([]))
+    assert (default.batch.paused, default.batch.max_running) == (False, None)
+
+
+def test_priorities_and_the_queue_survive_a_restart(tmp_path):
+    queue = {"pending_seconds": 0.0, "running_seconds": 0.3, "max_running": 1}
+    paused = EmulatorConfig(batch=BatchConfig(paused=True, **queue), state_dir=tmp_path)
+    with running_emulator(paused) as first:
+        low, high = created(first, "-1"), created(first, "2")
+        assert states(snapshot(first), low, high) == ("PENDING", "PENDING")
+    with running_emulator(paused.model_copy(update={"batch": BatchConfig(**queue)})) as second:
+        final = until_all_done(second)[-1]
+        assert [final[low].get("priority"), final[high].get("priority")] == ["-1", "2"]
+        high_end, low_end = epoch(final[high]["endTime"]), epoch(final[low]["endTime"])
+        assert high_end < low_end and low_end - high_end == pytest.approx(0.3, abs=EXACT)
