@@ -113,16 +113,16 @@ def test_a_batch_run_reports_each_look_at_its_job_and_stops_waiting_at_the_timeo
     """Tracked (a flow run on the session's server): the callback still reaches the caller's code."""
     corpus = write_corpus(tmp_path / "c.jsonl", 6)
     db = str(tmp_path / "db")
-    api_env.admin.set_batch_config({"running_seconds": 600})  # outlives the timeout
+    api_env.admin.set_batch_config({"paused": True, "running_seconds": 0.3})  # pending past the timeout
     seen = []
     summary = indexflow.index(corpus, db_uri=db, mode="batch", priority=4, on_progress=seen.append,
                               wait_timeout=1.5, options={"batch_poll_seconds": 0.2})
     assert summary.status.startswith("waiting") and summary.jobs_created == 1 and summary.jobs_waiting == 1
     assert len(seen) >= 3, "one look per poll: 0.2 s apart (x1.5 while idle) within 1.5 s"
-    assert all(s.state in ("PENDING", "RUNNING") and s.requests == 6 and s.priority == 4 for s in seen)
+    assert all(s.state == "PENDING" and s.requests == 6 and s.priority == 4 for s in seen)
     assert {s.name for s in seen} == {seen[0].name} and seen[0].name.startswith("batches/")
 
-    api_env.admin.set_batch_config({"running_seconds": 0.3})
+    api_env.admin.set_batch_config({"paused": False})
     done = []
     again = asyncio.run(indexflow.aindex(corpus, db_uri=db, mode="batch", on_progress=done.append,
                                          options={"batch_poll_seconds": 0.1}))
