@@ -144,7 +144,7 @@ def index(corpus: Path, *, t: TableOptions = TableOptions(), o: RunOptions = Run
     progress_seconds
         Off a terminal (a log file, a worker), print a progress line this often.
     """
-    from indexflow.flows.local_run import prefect_api_configured
+    from indexflow.tasks.prefect_api import prefect_api_configured
     from indexflow.flows.pipeline import settings_from_params
     from indexflow.tasks.report import RunSummary
 

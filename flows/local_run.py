@@ -19,7 +19,6 @@ from indexflow.flows.signals import SIGNAL_EXIT, STOPPING
 from indexflow.tasks.errors import IndexflowError, RunInterrupted
 from indexflow.tasks.redact import redact
 from indexflow.tasks.plan import Forecast
-from indexflow.tasks.prefect_api import prefect_api_configured  # noqa: F401  (cli.py and api.py ask here)
 from indexflow.tasks.report import TerminalProgress
 from indexflow.tasks.settings import Settings
 

@@ -29,7 +29,7 @@ async def aindex(corpus: str | Path, *, table: str = DEFAULT_TABLE, db_uri: str 
     `JobStatus`: state, counts, `success_rate`), and after `wait_timeout` seconds the run returns
     with status "waiting": its jobs stay recorded and the next run collects them.
     """
-    from indexflow.flows.local_run import prefect_api_configured
+    from indexflow.tasks.prefect_api import prefect_api_configured
     from indexflow.flows.pipeline import job_status_listener
 
     if wait_timeout is not None:
