@@ -187,17 +187,18 @@ def test_the_readme_automation_turns_a_low_rate_into_a_webhook_notification(read
 
 
 def batch_run(emu, tmp_path: Path, table: str, failure_rate: float) -> dict:
-    """`indexflow index --mode batch --json` of 1,000 documents as a tracked flow run on the session's server.
+    """`indexflow index --mode batch --json` of 999 documents as a tracked flow run on the session's server.
 
-    1,000, not 100: the emulator draws each item's failure, and at this size a 10 % draw lands between
-    5 % and 15 % with all but certainty (the mean is 100, the standard deviation 9.5)."""
+    999, not 100: the emulator draws each item's failure, and at this size a 10 % draw lands between
+    5 % and 15 % with all but certainty (the mean is 100, the standard deviation 9.5); not 1,000,
+    which the batch guide's cadence polls every 10 s instead of 5."""
     from tests.tasks.test_batch_jobs import small_corpus
 
     emu.admin.set_batch_config({"item_failure_rate": failure_rate, "running_seconds": 0.5})
-    corpus = small_corpus(tmp_path / f"{table}.jsonl", list(range(1000)))
+    corpus = small_corpus(tmp_path / f"{table}.jsonl", list(range(999)))
     env = python_env(GEMINI_API_KEY=emu.api_key, GOOGLE_GEMINI_BASE_URL=emu.base_url)
     run = subprocess.run([str(REPO / ".venv" / "bin" / "indexflow"), "index", str(corpus), "--db",
-                          str(tmp_path / "db"), "--table", table, "--mode", "batch", "--json"],
+                          str(tmp_path / "db"), "--table", table, "--mode", "batch", "--tier", "unlimited", "--json"],
                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
