@@ -22,7 +22,6 @@ A chunk of an earlier run's job that the corpus no longer wants (changed or remo
 not written when that job is collected.
 """
 
-
 from __future__ import annotations
 
 import asyncio
