@@ -83,6 +83,8 @@ def rrf(rankings: Sequence[Sequence[Key]], weights: Sequence[float], c: int = RR
         raise ValueError(f"{len(rankings)} rankings but {len(weights)} weights")
     scores: dict[Key, float] = {}
     for ranking, weight in zip(rankings, weights):
+        if weight == 0:
+            continue  # a side weighted 0 is off: its candidates must not pad the list with score-0 rows
         for rank, key in enumerate(ranking, start=1):
             scores[key] = scores.get(key, 0.0) + weight / (c + rank)
     # str(key) breaks ties: equal weights tie often (rank r on one side only, on either side).

@@ -235,6 +235,29 @@ def test_query_modes_and_the_deprecated_hybrid_alias(indexed, key_env, capsys):
     assert code == EXIT_CONFIG
 
 
+def test_query_hybrid_weights_lean_the_fusion(indexed, key_env, capsys):
+    db, _ = indexed
+    where = ["--db", db, "--table", "kb", "-k", "3", "--json"]
+    ids = lambda out: [h["doc_id"] for h in json.loads(out)]
+    _, vector, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "vector", *where)
+    _, fts, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "fts", *where)
+    code, out, err = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "1,0", *where)
+    assert code == EXIT_OK, err
+    assert ids(out) == ids(vector)
+    _, out, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "0,1", *where)
+    assert ids(out) == ids(fts)
+    code, out, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "0.7,0.3", *where)
+    top = json.loads(out)[0]
+    assert code == EXIT_OK and top["kind"] == "rrf" and top["doc_id"] == "doc-5"
+    assert top["score"] == pytest.approx(0.7 / 61 + 0.3 / 61)  # first on both sides
+    key_env.admin.reset()
+    for bad in (["--mode", "hybrid", "--weights", "0.7"], ["--mode", "fts", "--weights", "0.7,0.3"],
+                ["--weights", "0.7,0.3"]):  # malformed, or weights for a mode that fuses nothing
+        code, out, err = run_cli(capsys, "query", "permafrost", *bad, *where)
+        assert code == EXIT_CONFIG and out == "" and "weights" in err, bad
+    assert key_env.admin.stats().get("calls", 0) == 0, "refused before the query is embedded"
+
+
 # -- 7. a stopped run's summary carries what it spent ----------------------------------------------
 
 

@@ -14,6 +14,7 @@ def test_rrf_sums_weighted_reciprocal_ranks_and_breaks_ties_by_key():
     assert [key for key, _ in fused] == ["c", "a", "b", "d"]
     tied = rrf([["y"], ["x"]], [1.0, 1.0])  # rank 1 on one side each: equal scores, key order
     assert [key for key, _ in tied] == ["x", "y"]
+    assert rrf([["a", "b"], ["c"]], [0.0, 1.0]) == [("c", pytest.approx(1 / 61))]  # weight 0: that side is off
     with pytest.raises(ValueError):
         rrf([["a"]], [1.0, 1.0])
 
