@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -256,6 +257,19 @@ def test_query_hybrid_weights_lean_the_fusion(indexed, key_env, capsys):
         code, out, err = run_cli(capsys, "query", "permafrost", *bad, *where)
         assert code == EXIT_CONFIG and out == "" and "weights" in err, bad
     assert key_env.admin.stats().get("calls", 0) == 0, "refused before the query is embedded"
+
+
+def test_the_readme_query_mode_commands(indexed, key_env, capsys):
+    db, _ = indexed
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### Query modes", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    assert len(commands) == 2
+    for argv in commands:
+        assert argv[:2] == [".venv/bin/indexflow", "query"]
+        code, out, err = run_cli(capsys, *argv[1:], "--db", db, "--table", "kb")
+        assert code == EXIT_OK, (argv, err)
+        assert "1." in out and "doc-5" in out.splitlines()[1], out
 
 
 # -- 7. a stopped run's summary carries what it spent ----------------------------------------------
