@@ -1,29 +1,25 @@
-"""Weighted reciprocal-rank fusion of ranked lists, and the per-side depth that keeps it independent of k.
+"""Weighted reciprocal-rank fusion of the vector and full-text candidates, at depths fixed independently of k.
 
-Over-fetch rule: each side (vector, full text) is fetched to `depth_for(k) = max(k, HYBRID_DEPTH)`.
-What it guarantees:
-- For every k <= HYBRID_DEPTH both candidate lists are the same (fetched to HYBRID_DEPTH), so the
-  fused ranking is the same list and `hybrid(k) == hybrid(HYBRID_DEPTH)[:k]`: the top-n is the
-  same for every k in [n, HYBRID_DEPTH].
-- For k > HYBRID_DEPTH the lists grow. A document keeps its score from the top-D of each side and
-  can only gain, by at most `max_gain(weights)` = sum(w) / (c + D + 1) (a side where it ranked
-  beyond D now counts it). So a top-n in which every score exceeds the next one by more than that
-  gain is unchanged; closer scores may reorder. (This assumes a deeper fetch keeps each side's
-  top-D, true of exact and BM25 search; an ANN index with refine may differ slightly.)
-Ties break by id, so the fused order is deterministic.
+Over-fetch rule: positions 1..D of a hybrid result (D = HYBRID_DEPTH = 100) are the RRF fusion of
+each side's top-D; positions D+1..2D come from fusing each side's top-2D (skipping what is already
+placed), 2D+1..4D from the top-4D, and so on. A query for k fetches the tiers up to the first
+depth >= k (`depth_for`), each side at most ~4k rows in all. Which tier fills a position depends on
+the position only, never on k, so `hybrid(k) == hybrid(k')[:k]` for every k <= k': the top-n does
+not change as k grows (given each side returns the same rows for the same depth, as exact, BM25
+and LanceDB's index search do). Within a tier hits are in fused-score order; ties break by id.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from indexflow.tasks.errors import ConfigError
 
 RRF_C = 60  # the constant of Cormack et al. (2009), also LanceDB's RRFReranker default
-HYBRID_DEPTH = 100  # candidates per side for any k up to this; see the module docstring
+HYBRID_DEPTH = 100  # candidates per side for any k up to this, doubled per tier beyond; see above
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -68,13 +64,10 @@ class FusionWeights:
 
 
 def depth_for(k: int, depth: int = HYBRID_DEPTH) -> int:
-    """How many candidates each side fetches for a hybrid top-k: a constant, unless k is larger."""
-    return max(k, depth)
-
-
-def max_gain(weights: FusionWeights, depth: int = HYBRID_DEPTH, c: int = RRF_C) -> float:
-    """The most a document's fused score can rise when the sides are fetched deeper than `depth`."""
-    return (weights.vector + weights.text) / (c + depth + 1)
+    """The deepest tier a hybrid top-k fetches: `depth`, doubled until it covers k."""
+    while depth < k:
+        depth *= 2
+    return depth
 
 
 def rrf(rankings: Sequence[Sequence[Key]], weights: Sequence[float], c: int = RRF_C) -> list[tuple[Key, float]]:
@@ -97,3 +90,26 @@ def fuse_rows(vector_rows: list[dict], text_rows: list[dict], k: int, weights: F
     by_id = {row["id"]: row for row in text_rows} | {row["id"]: row for row in vector_rows}
     fused = rrf([[r["id"] for r in vector_rows], [r["id"] for r in text_rows]], [weights.vector, weights.text], c)
     return [by_id[key] | {"_rrf": score} for key, score in fused[:k]]
+
+
+Fetch = Callable[[int], tuple[list[dict], list[dict]]]  # depth -> (vector rows, text rows), best first
+
+
+def tiered_fusion(fetch: Fetch, k: int, weights: FusionWeights, depth: int = HYBRID_DEPTH,
+                  c: int = RRF_C) -> list[dict]:
+    """The top-k of the tiered fusion in the module docstring; `fetch(d)` gives each side's top-d rows."""
+    placed: list[dict] = []
+    seen: set[str] = set()
+    tier = depth
+    while True:
+        vector_rows, text_rows = fetch(tier)
+        for row in fuse_rows(vector_rows, text_rows, tier, weights, c):
+            if len(placed) == tier:
+                break  # this tier fills positions up to `tier` only
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                placed.append(row)
+        live = [rows for rows, weight in ((vector_rows, weights.vector), (text_rows, weights.text)) if weight]
+        if len(placed) >= k or all(len(rows) < tier for rows in live):
+            return placed[:k]  # k placed, or every side that counts exhausted: a deeper tier adds nothing
+        tier *= 2

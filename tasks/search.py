@@ -21,7 +21,7 @@ from lancedb.index import IvfRq, IvfSq
 
 from indexflow.tasks.errors import ConfigError, StoreError
 from indexflow.tasks.fulltext import build_fts, fts_indexed, fts_query, missing_fts
-from indexflow.tasks.fusion import FusionWeights, depth_for, fuse_rows
+from indexflow.tasks.fusion import FusionWeights, tiered_fusion
 
 DISTANCE = "dot"
 HIT_COLUMNS = ["id", "doc_id", "ordinal", "title", "text", "source"]
@@ -185,11 +185,11 @@ def search_table(
             "run `indexflow index` again to build it",
             table=table.name,
         )
-    if hybrid:  # each side to a depth fixed independently of k, then fused here (not cut to k first)
-        depth, fusion = depth_for(k), FusionWeights.of(weights)
-        vector_rows = _vector_query(table, query_vector, depth, policy).to_arrow().to_pylist()
-        text_rows = fts_query(table, text, depth, columns).select(HIT_COLUMNS).to_arrow().to_pylist()
-        rows = fuse_rows(vector_rows, text_rows, k, fusion)
+    if hybrid:  # each side fetched to depths fixed independently of k, then fused (tasks.fusion)
+        fusion = FusionWeights.of(weights)
+        fetch = lambda depth: (_vector_query(table, query_vector, depth, policy).to_arrow().to_pylist(),
+                               fts_query(table, text, depth, columns).select(HIT_COLUMNS).to_arrow().to_pylist())
+        rows = tiered_fusion(fetch, k, fusion)
         kind, score_of = "rrf", lambda row: row["_rrf"]
     elif query_vector is None:
         query = fts_query(table, text, k, columns).select([*HIT_COLUMNS, "_score"])

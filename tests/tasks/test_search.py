@@ -159,6 +159,11 @@ def test_hybrid_fuses_both_sides_fetched_to_the_fixed_depth_not_to_k(indexed):
     # doc11 tops the vector side only (1/61); glacier chunks on both sides' top-100 outrank it,
     # which fusing lists cut to k=10 (the old behaviour) missed.
     assert sides[0][0] == "doc11#0" and best[0] != "doc11#0" and "glacier" in hits[0].text
+    # Past 100 the next tier (each side's top-200) fills ranks 101-200: every k's top-n is the same.
+    longest = [h.id for h in store.search(vectors[11], k=400, text="glacier", hybrid=True)]
+    assert len(longest) == len(set(longest)) == 400  # every row, each once
+    for k in (10, 100, 150, 250):
+        assert [h.id for h in store.search(vectors[11], k=k, text="glacier", hybrid=True)] == longest[:k]
 
 
 def test_hybrid_weights_lean_the_fusion_to_one_side(indexed):
