@@ -291,7 +291,8 @@ def query_mode(mode: str | None, hybrid: bool) -> str:
 def query(text: str, *, t: TableOptions = TableOptions(),
           k: Annotated[int, Parameter(name=["-k", "--k"])] = 10,
           mode: Literal["vector", "fts", "hybrid"] | None = None,
-          hybrid: Annotated[bool, Parameter(negative=())] = False, json: bool = False) -> int:
+          hybrid: Annotated[bool, Parameter(negative=())] = False, weights: str | None = None,
+          json: bool = False) -> int:
     """Search the index for TEXT and print rank, score, document id, title and a snippet.
 
     Parameters
@@ -305,6 +306,8 @@ def query(text: str, *, t: TableOptions = TableOptions(),
         reciprocal rank).
     hybrid
         Deprecated: the same as --mode hybrid.
+    weights
+        With --mode hybrid: VECTOR,TEXT weights of the two sides in the fusion, e.g. 0.7,0.3 (default 1,1: plain RRF).
     json
         Print hits as JSON (a list; [] when nothing matches).
     """
@@ -312,13 +315,13 @@ def query(text: str, *, t: TableOptions = TableOptions(),
 
     how = query_mode(mode, hybrid)
     if how == "fts":  # nothing to embed: no endpoint, no emulator, no API call
-        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=None, k=k, mode="fts")
+        hits = run_query(text, db_uri=t.db, table=t.table, endpoint=None, k=k, mode="fts", weights=weights)
     else:
         from indexflow.tasks.endpoint import resolve_endpoint
 
         with resolve_endpoint(os.environ.get("GEMINI_API_KEY"),
                               os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
-            hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k, mode=how)
+            hits = run_query(text, db_uri=t.db, table=t.table, endpoint=endpoint, k=k, mode=how, weights=weights)
     if json:
         print(jsonlib.dumps([asdict(h) for h in hits], indent=2))
         return EXIT_OK

@@ -8,7 +8,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from indexflow.tasks.query import QueryMode
+from indexflow.tasks.query import QueryMode, Weights
 from indexflow.tasks.report import RunSummary
 from indexflow.tasks.search import Hit
 from indexflow.tasks.settings import DEFAULT_DB_URI, DEFAULT_TABLE
@@ -72,18 +72,21 @@ def index(corpus: str | Path, *, table: str = DEFAULT_TABLE, db_uri: str = DEFAU
 
 
 async def aquery(text: str, *, table: str = DEFAULT_TABLE, db_uri: str = DEFAULT_DB_URI, k: int = 10,
-                 mode: QueryMode = "vector") -> list[Hit]:
-    """The `k` best chunks for `text`; `mode` is vector, fts (BM25, no API call) or hybrid (RRF)."""
+                 mode: QueryMode = "vector", weights: Weights = None) -> list[Hit]:
+    """The `k` best chunks for `text`; `mode` is vector, fts (BM25, no API call) or hybrid (RRF).
+
+    `weights=(vector, text)` (or "0.7,0.3") weigh a hybrid query's sides; None is plain RRF."""
     from indexflow.tasks.endpoint import resolve_endpoint
     from indexflow.tasks.query import aquery as query_table
 
     if mode == "fts":
-        return await query_table(text, db_uri=db_uri, table=table, endpoint=None, k=k, mode=mode)
+        return await query_table(text, db_uri=db_uri, table=table, endpoint=None, k=k, mode=mode, weights=weights)
     with resolve_endpoint(os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_GEMINI_BASE_URL")) as (endpoint, _):
-        return await query_table(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode)
+        return await query_table(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode,
+                                 weights=weights)
 
 
 def query(text: str, *, table: str = DEFAULT_TABLE, db_uri: str = DEFAULT_DB_URI, k: int = 10,
-          mode: QueryMode = "vector") -> list[Hit]:
+          mode: QueryMode = "vector", weights: Weights = None) -> list[Hit]:
     """Synchronous `aquery`, for scripts and notebooks (not inside a running event loop)."""
-    return asyncio.run(aquery(text, table=table, db_uri=db_uri, k=k, mode=mode))
+    return asyncio.run(aquery(text, table=table, db_uri=db_uri, k=k, mode=mode, weights=weights))

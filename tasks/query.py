@@ -6,6 +6,7 @@ import asyncio
 from typing import Literal
 
 from indexflow.tasks.errors import ConfigError
+from indexflow.tasks.fusion import FusionWeights
 from indexflow.tasks.gemini.embed import embed_query
 from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.normalize import l2_normalize
@@ -15,13 +16,19 @@ from indexflow.tasks.store import VectorStore
 
 QueryMode = Literal["vector", "fts", "hybrid"]
 QUERY_MODES: tuple[QueryMode, ...] = ("vector", "fts", "hybrid")
+Weights = FusionWeights | tuple[float, float] | str | None  # (vector, text), "0.7,0.3"; None is plain RRF
 
 
 async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
-                 mode: QueryMode = "vector") -> list[Hit]:
-    """The `k` best chunks for `text`: by vector, by full text (BM25; no API call), or both fused (RRF)."""
+                 mode: QueryMode = "vector", weights: Weights = None) -> list[Hit]:
+    """The `k` best chunks for `text`: by vector, by full text (BM25; no API call), or both fused (RRF).
+
+    `weights` (vector, text) weigh the two sides of a hybrid query; only hybrid accepts them."""
     if mode not in QUERY_MODES:
         raise ConfigError(f"query mode must be one of {', '.join(QUERY_MODES)}, got {mode!r}", mode=mode)
+    if weights is not None and mode != "hybrid":
+        raise ConfigError(f"fusion weights apply to hybrid queries only, not mode {mode!r}", mode=mode)
+    fusion = FusionWeights.of(weights)  # refused before the table is opened or the query embedded
     store = await asyncio.to_thread(VectorStore.open, db_uri, table, None, create=False)
     vector = None
     if mode != "fts":
@@ -30,10 +37,10 @@ async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint | Non
         raw = await embed_query(make_client(endpoint), text, store.recipe)
         vector = l2_normalize(raw.reshape(1, -1), expected_dim=store.recipe.dimensions)[0]
     return await asyncio.to_thread(store.search, vector, k, text=text if mode != "vector" else None,
-                                   hybrid=mode == "hybrid")
+                                   hybrid=mode == "hybrid", weights=fusion)
 
 
 def query(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
-          mode: QueryMode = "vector") -> list[Hit]:
+          mode: QueryMode = "vector", weights: Weights = None) -> list[Hit]:
     """Synchronous `aquery` for scripts and notebooks."""
-    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode))
+    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode, weights=weights))

@@ -4,8 +4,9 @@ Vectors are unit length, so the index and every query use distance "dot": LanceD
 `_distance = 1 - q·v`, and `Hit.score` for vector search is `1 - _distance`, the cosine
 similarity (1 is identical, 0 unrelated). A query with another distance type than its index
 would silently fall back to brute force, which is why both are set from one `IndexPolicy`.
-Hybrid hits carry the reciprocal-rank-fusion score instead (about 1/60 per list a hit tops),
-and text-only hits the BM25 score; `Hit.kind` says which.
+Hybrid hits carry the weighted reciprocal-rank-fusion score instead (about 1/60 per list a hit
+tops; `tasks.fusion`, which also fixes each side's depth), and text-only hits the BM25 score over
+text and title (`tasks.fulltext`); `Hit.kind` says which.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from datetime import timedelta
 from typing import Literal
 
 import numpy as np
-from lancedb.index import FTS, IvfRq, IvfSq
+from lancedb.index import IvfRq, IvfSq
 
 from indexflow.tasks.errors import ConfigError, StoreError
+from indexflow.tasks.fulltext import build_fts, fts_indexed, fts_query, missing_fts
+from indexflow.tasks.fusion import FusionWeights, tiered_fusion
 
 DISTANCE = "dot"
 HIT_COLUMNS = ["id", "doc_id", "ordinal", "title", "text", "source"]
@@ -101,7 +104,7 @@ def finalize_due(table, policy: IndexPolicy, *, fts: bool = True) -> bool:
     if not rows:
         return False
     indexed = _indexed_columns(table)
-    if (fts and "text" not in indexed) or (rows >= policy.min_rows and "vector" not in indexed):
+    if (fts and missing_fts(table)) or (rows >= policy.min_rows and "vector" not in indexed):
         return True
     if _fragments(table) > policy.compact_above_fragments:
         return True
@@ -141,11 +144,7 @@ def build_indexes(table, policy: IndexPolicy, *, fts: bool = True, rebuild: bool
         else:
             vector_state = "kept"
     if fts and rows:
-        if rebuild or "text" not in indexed:
-            table.create_index("text", config=FTS(), replace=True)
-            fts_state = "created"
-        else:
-            fts_state = "kept"
+        fts_state = "created" if build_fts(table, rebuild=rebuild) else "kept"
     return FinalizeReport(rows, before, _fragments(table), vector_state, fts_state, time.perf_counter() - started)
 
 
@@ -169,8 +168,9 @@ def search_table(
     text: str | None = None,
     hybrid: bool = False,
     policy: IndexPolicy | None = None,
+    weights: FusionWeights | tuple[float, float] | str | None = None,
 ) -> list[Hit]:
-    """Top-k chunks: by vector, by text (query_vector None), or both fused with RRF (`hybrid`)."""
+    """Top-k chunks: by vector, by text (query_vector None), or both fused with RRF (`hybrid`, `weights`)."""
     policy = policy or IndexPolicy()
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}", k=k)
@@ -178,23 +178,27 @@ def search_table(
         raise ConfigError("hybrid search needs both a query vector and query text")
     if query_vector is None and not text:
         raise ConfigError("search needs a query vector, query text, or both")
-    if text and "text" not in _indexed_columns(table):
+    columns = fts_indexed(table) if text else []
+    if text and "text" not in columns:
         raise StoreError(
             "text search needs the full-text index on 'text', which is built when indexing finishes; "
             "run `indexflow index` again to build it",
             table=table.name,
         )
-    if hybrid:
-        query = table.search(query_type="hybrid").vector(_query_vector(table, query_vector)).text(text)
-        query = _tuned(query, policy).limit(k).select(HIT_COLUMNS)
-        kind, score_of = "rrf", lambda row: row["_relevance_score"]
+    if hybrid:  # each side fetched to depths fixed independently of k, then fused (tasks.fusion)
+        fusion = FusionWeights.of(weights)
+        fetch = lambda depth: (_vector_query(table, query_vector, depth, policy).to_arrow().to_pylist(),
+                               fts_query(table, text, depth, columns).select(HIT_COLUMNS).to_arrow().to_pylist())
+        rows = tiered_fusion(fetch, k, fusion)
+        kind, score_of = "rrf", lambda row: row["_rrf"]
     elif query_vector is None:
-        query = table.search(text, query_type="fts").limit(k).select([*HIT_COLUMNS, "_score"])
+        query = fts_query(table, text, k, columns).select([*HIT_COLUMNS, "_score"])
         kind, score_of = "bm25", lambda row: row["_score"]
+        rows = query.to_arrow().to_pylist()
     else:
         query = _vector_query(table, query_vector, k, policy)
         kind, score_of = "cosine", lambda row: 1.0 - row["_distance"]
-    rows = query.to_arrow().to_pylist()
+        rows = query.to_arrow().to_pylist()
     return [
         Hit(rank, float(score_of(row)), kind, row["id"], row["doc_id"], row["ordinal"],
             row["title"] or "", row["text"] or "", row["source"] or "")

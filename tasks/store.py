@@ -23,6 +23,7 @@ from lancedb.expr import col
 from indexflow.tasks.dead_letters import DEAD_LETTER_SUFFIX, DeadLetters, FailedItem
 from indexflow.tasks.errors import RecipeMismatchError, StoreError, TableNotFoundError
 from indexflow.tasks.lance_tables import connect, ensure_key, ensure_metadata, id_batches, open_or_create, open_or_none
+from indexflow.tasks.fusion import FusionWeights
 from indexflow.tasks.recipe import Recipe
 from indexflow.tasks.rows import (  # noqa: F401 - the row shape is part of the store's API
     CHUNK_FIELDS,
@@ -192,10 +193,13 @@ class VectorStore:
         return finalize_due(self.table, self.policy, fts=fts)
 
     def search(
-        self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False
+        self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False,
+        weights: FusionWeights | tuple[float, float] | str | None = None,
     ) -> list[Hit]:
-        """Nearest chunks to a normalized query vector; with `hybrid`, fused with full-text hits on `text`."""
-        return search_table(self.table, query_vector, k, text=text, hybrid=hybrid, policy=self.policy)
+        """Nearest chunks to a normalized query vector; with `hybrid`, fused with full-text hits on `text`
+        by RRF with `weights` (vector, text; equal by default)."""
+        return search_table(self.table, query_vector, k, text=text, hybrid=hybrid, policy=self.policy,
+                            weights=weights)
 
     def stats(self) -> StoreStats:
         fragments, small_fragments = _fragment_counts(self.table)

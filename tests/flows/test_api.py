@@ -63,6 +63,13 @@ def test_index_then_query_sync_and_async(api_env, tmp_path):
     assert fts[0].kind == "bm25" and "doc-007" in [h.doc_id for h in fts]
     assert api_env.admin.stats().get("calls", 0) == 1  # the hybrid query; full text needs no API call
 
+    leaning = indexflow.query("chess opening gambit", db_uri=db, k=3, mode="hybrid", weights=(1, 0))
+    assert [h.id for h in leaning] == [h.id for h in hits]  # all weight on the vector side: its ranking
+    assert [h.id for h in indexflow.query("chess opening gambit", db_uri=db, k=3, mode="hybrid",
+                                          weights="0,1")] == [h.id for h in fts]
+    with pytest.raises(indexflow.ConfigError):
+        indexflow.query("chess opening gambit", db_uri=db, mode="fts", weights=(0.7, 0.3))
+
 
 def test_errors_are_the_public_types(api_env, tmp_path):
     missing = tmp_path / "nope"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -233,6 +234,42 @@ def test_query_modes_and_the_deprecated_hybrid_alias(indexed, key_env, capsys):
     assert code == EXIT_CONFIG and out == "" and "contradicts --mode fts" in err
     code, _, _ = run_cli(capsys, "query", "x", "--mode", "bm25", *where)
     assert code == EXIT_CONFIG
+
+
+def test_query_hybrid_weights_lean_the_fusion(indexed, key_env, capsys):
+    db, _ = indexed
+    where = ["--db", db, "--table", "kb", "-k", "3", "--json"]
+    ids = lambda out: [h["doc_id"] for h in json.loads(out)]
+    _, vector, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "vector", *where)
+    _, fts, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "fts", *where)
+    code, out, err = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "1,0", *where)
+    assert code == EXIT_OK, err
+    assert ids(out) == ids(vector)
+    _, out, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "0,1", *where)
+    assert ids(out) == ids(fts)
+    code, out, _ = run_cli(capsys, "query", "permafrost in the tundra", "--mode", "hybrid", "--weights", "0.7,0.3", *where)
+    top = json.loads(out)[0]
+    assert code == EXIT_OK and top["kind"] == "rrf" and top["doc_id"] == "doc-5"
+    assert top["score"] == pytest.approx(0.7 / 61 + 0.3 / 61)  # first on both sides
+    key_env.admin.reset()
+    for bad in (["--mode", "hybrid", "--weights", "0.7"], ["--mode", "fts", "--weights", "0.7,0.3"],
+                ["--weights", "0.7,0.3"]):  # malformed, or weights for a mode that fuses nothing
+        code, out, err = run_cli(capsys, "query", "permafrost", *bad, *where)
+        assert code == EXIT_CONFIG and out == "" and "weights" in err, bad
+    assert key_env.admin.stats().get("calls", 0) == 0, "refused before the query is embedded"
+
+
+def test_the_readme_query_mode_commands(indexed, key_env, capsys):
+    db, _ = indexed
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### Query modes", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    assert len(commands) == 2
+    for argv in commands:
+        assert argv[:2] == [".venv/bin/indexflow", "query"]
+        code, out, err = run_cli(capsys, *argv[1:], "--db", db, "--table", "kb")
+        assert code == EXIT_OK, (argv, err)
+        assert "1." in out and "doc-5" in out.splitlines()[1], out
 
 
 # -- 7. a stopped run's summary carries what it spent ----------------------------------------------

@@ -43,7 +43,7 @@ def test_finalize_builds_vector_and_text_indexes_on_a_big_enough_table(indexed):
     assert (report.rows, report.vector_index, report.fts_index) == (400, "created", "created")
     assert (report.fragments_before, report.fragments_after) == (2, 1)
     kinds = {i.columns[0]: i.index_type for i in store.table.list_indices()}
-    assert kinds == {"vector": "IvfRq", "text": "FTS"}
+    assert kinds == {"vector": "IvfRq", "text": "FTS", "title": "FTS"}
     vector_index = store.table.index_stats("vector_idx")
     assert (vector_index.index_type, vector_index.distance_type) == ("IVF_RQ", "dot")
     again = store.finalize()
@@ -62,7 +62,7 @@ def test_a_few_new_fragments_are_folded_into_the_indexes_without_rewriting_the_t
     assert (report.fragments_before, report.fragments_after, report.rows) == (2, 2, 300)
     files_after = {f.data_files()[0].path for f in store.table.to_lance().get_fragments()}
     assert files_before < files_after  # the first 250 rows were not rewritten
-    for name in ("vector_idx", "text_idx"):
+    for name in ("vector_idx", "text_idx", "title_idx"):
         assert store.table.index_stats(name).num_unindexed_rows == 0  # the new rows are indexed
     hits = store.search(None, k=3, text=chunks[280].text)
     assert hits[0].id == chunks[280].id
@@ -116,7 +116,7 @@ def test_small_table_gets_only_the_text_index(tmp_path):
     store.upsert(rows_from(chunks, vectors))
     report = store.finalize()
     assert (report.vector_index, report.fts_index) == ("none", "created")
-    assert [i.index_type for i in store.table.list_indices()] == ["FTS"]
+    assert sorted((i.columns[0], i.index_type) for i in store.table.list_indices()) == [("text", "FTS"), ("title", "FTS")]
 
 
 def test_vector_search_returns_exact_neighbours_with_cosine_scores(indexed):
@@ -142,15 +142,46 @@ def test_queries_use_the_index_with_its_distance_type(indexed):
     assert "metric=Dot" in plan
 
 
-def test_hybrid_fuses_vector_and_text_hits(indexed):
+def test_hybrid_fuses_both_sides_fetched_to_the_fixed_depth_not_to_k(indexed):
     store, vectors, _ = indexed
-    # doc 11 is the vector's nearest neighbour; "glacier" appears only in docs i % 8 == 5
-    hits = store.search(vectors[11], k=10, text="glacier", hybrid=True)
-    assert {h.kind for h in hits} == {"rrf"}
-    assert len(hits) == 10
-    assert hits[0].id == "doc11#0"
-    assert any("glacier" in h.text for h in hits)
-    assert hits == sorted(hits, key=lambda h: -h.score)
+    # RRF by hand over each side's own top-100 (HYBRID_DEPTH): what hybrid must return at any k <= 100.
+    sides = [[h.id for h in store.search(vectors[11], k=100)], [h.id for h in store.search(None, k=100, text="glacier")]]
+    expected: dict[str, float] = {}
+    for side in sides:
+        for rank, chunk_id in enumerate(side, start=1):
+            expected[chunk_id] = expected.get(chunk_id, 0.0) + 1 / (60 + rank)
+    best = sorted(expected, key=lambda c: (-expected[c], c))
+    for k in (3, 10, 100):
+        hits = store.search(vectors[11], k=k, text="glacier", hybrid=True)
+        assert [h.id for h in hits] == best[:k]
+        np.testing.assert_allclose([h.score for h in hits], [expected[c] for c in best[:k]], rtol=1e-9)
+        assert {h.kind for h in hits} == {"rrf"} and [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    # doc11 tops the vector side only (1/61); glacier chunks on both sides' top-100 outrank it,
+    # which fusing lists cut to k=10 (the old behaviour) missed.
+    assert sides[0][0] == "doc11#0" and best[0] != "doc11#0" and "glacier" in hits[0].text
+    # Past 100 the next tier (each side's top-200) fills ranks 101-200: every k's top-n is the same.
+    longest = [h.id for h in store.search(vectors[11], k=400, text="glacier", hybrid=True)]
+    assert len(longest) == len(set(longest)) == 400  # every row, each once
+    for k in (10, 100, 150, 250):
+        assert [h.id for h in store.search(vectors[11], k=k, text="glacier", hybrid=True)] == longest[:k]
+
+
+def test_hybrid_weights_lean_the_fusion_to_one_side(indexed):
+    store, vectors, _ = indexed
+    vector_only = [h.id for h in store.search(vectors[11], k=10)]
+    text_only = [h.id for h in store.search(None, k=10, text="glacier")]
+    lean = lambda w: [h.id for h in store.search(vectors[11], k=10, text="glacier", hybrid=True, weights=w)]
+    assert lean((1, 0)) == vector_only
+    assert lean("0,1") == text_only
+    plain = lean(None)
+    assert plain not in (vector_only, text_only)
+    assert lean((5, 5)) == plain  # only the ratio matters
+    vector_100 = [h.id for h in store.search(vectors[11], k=100)]
+    text_100 = [h.id for h in store.search(None, k=100, text="glacier")]
+    for hit in store.search(vectors[11], k=5, text="glacier", hybrid=True, weights=(0.7, 0.3)):
+        weighted = sum(w / (60 + side.index(hit.id) + 1) for w, side in ((0.7, vector_100), (0.3, text_100))
+                       if hit.id in side)
+        assert hit.score == pytest.approx(weighted, rel=1e-9)
 
 
 def test_text_only_search_uses_bm25(indexed):
@@ -210,3 +241,38 @@ def test_finalize_is_due_only_when_it_has_work(tmp_path):
     assert store.finalize_due()  # ten rows outside the index
     store.finalize()
     assert not store.finalize_due()
+
+
+def titled_corpus():
+    """Chunks whose titles hold words their texts never use ('xylophone' is in one title only)."""
+    chunks, vectors = corpus(40)
+    chunks[7] = Chunk("doc7#0", "doc7", 0, "a note on the comet number 7", "Xylophone acoustics", "c.jsonl", 8, "h7")
+    return chunks, vectors
+
+
+def test_a_title_only_word_finds_its_document_through_full_text_search(tmp_path):
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=1_000))
+    chunks, vectors = titled_corpus()
+    store.upsert(rows_from(chunks, vectors))
+    store.finalize()
+    assert [h.id for h in store.search(None, k=5, text="xylophone")] == ["doc7#0"]
+    hybrid = store.search(vectors[30], k=5, text="xylophones", hybrid=True)  # stemmed, like the text
+    assert "doc7#0" in [h.id for h in hybrid]
+    assert store.search(None, k=1, text="comet")[0].kind == "bm25"  # text still searched
+
+
+def test_a_table_indexed_on_text_only_gets_the_title_index_at_the_next_finalize(tmp_path):
+    from lancedb.index import FTS
+
+    store = VectorStore.open(str(tmp_path), "idx", Recipe(dimensions=DIM), policy=IndexPolicy(min_rows=1_000))
+    chunks, vectors = titled_corpus()
+    store.upsert(rows_from(chunks, vectors))
+    store.table.create_index("text", config=FTS(), replace=True)  # what finalize built before titles
+    assert store.search(None, k=5, text="xylophone") == []  # searched on what it has: no error
+    assert store.search(None, k=1, text="comet")[0].kind == "bm25"
+    assert store.finalize_due()
+    report = store.finalize()
+    assert report.fts_index == "created"
+    assert sorted(i.name for i in store.table.list_indices()) == ["text_idx", "title_idx"]
+    assert [h.id for h in store.search(None, k=5, text="xylophone")] == ["doc7#0"]
+    assert not store.finalize_due() and store.finalize().fts_index == "kept"
