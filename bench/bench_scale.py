@@ -103,14 +103,15 @@ def measure(store: VectorStore, queries: np.ndarray, expected: list[set[str]] | 
             "recall": round(statistics.fmean(recalls), 3) if recalls else None}
 
 
-def run(kind: str, rows: int, runs: int, grow: float, sweep: list[tuple[int, int]], workdir: Path) -> list[dict]:
+def run(kind: str, rows: int, runs: int, grow: float, sweep: list[tuple[int, int]], workdir: Path,
+        bits: int | None = None) -> list[dict]:
     data, out = Data(kind), []
     queries = Data(kind, seed=8)
     queries.centers = data.centers  # queries around the same centers, drawn apart from the table
     q = queries.take(QUERIES)
     db = workdir / f"{kind}-{rows}"
     shutil.rmtree(db, ignore_errors=True)
-    store = VectorStore.open(str(db), "corpus", Recipe(dimensions=DIM))
+    store = VectorStore.open(str(db), "corpus", Recipe(dimensions=DIM), policy=IndexPolicy(num_bits=bits))
     started = time.perf_counter()
     vectors = np.empty((rows, DIM), np.float32)
     for s in range(0, rows, BATCH):
@@ -129,7 +130,7 @@ def run(kind: str, rows: int, runs: int, grow: float, sweep: list[tuple[int, int
     print(json.dumps(row), flush=True)
     policy = store.policy
     for probes, refine in sweep:
-        store.policy = IndexPolicy(nprobes=probes, refine_factor=refine)
+        store.policy = IndexPolicy(num_bits=policy.num_bits, nprobes=probes, refine_factor=refine)
         alt = {"data": kind, "stage": "sweep", "rows": rows, "nprobes": probes, "refine": refine}
         alt |= measure(store, q, truth(vectors, q))
         out.append(alt)
@@ -167,6 +168,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="incremental runs after the initial build")
     parser.add_argument("--grow", type=float, default=0.1, help="new rows per run, as a share of --rows")
     parser.add_argument("--sweep", default="", help="extra nprobes:refine pairs to measure on the first index")
+    parser.add_argument("--bits", type=int, default=None, help="IVF_RQ bits per dimension (default: the policy's)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print all rows as one JSON list at the end")
     args = parser.parse_args()
@@ -174,7 +176,7 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     rows = []
     for kind in args.data.split(","):
-        rows += run(kind, args.rows, args.runs, args.grow, sweep, workdir)
+        rows += run(kind, args.rows, args.runs, args.grow, sweep, workdir, args.bits)
     if args.json:
         print(json.dumps(rows))
     return 0

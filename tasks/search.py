@@ -46,6 +46,7 @@ class IndexPolicy:
     min_rows: int = 50_000
     kind: IndexKind = DEFAULT_KIND
     num_partitions: int | None = None  # None: sqrt(rows), LanceDB's default
+    num_bits: int | None = None  # IVF_RQ bits per dimension; None: the rule's
     nprobes: int | None = None  # None: ~8 % of the partitions (index_policy.query_params)
     refine_factor: int | None = None  # None: by size; 0: no refine
     # Retrain (new centroids) once the table holds this many times the rows it was trained on.
@@ -56,14 +57,15 @@ class IndexPolicy:
     # into the indexes. (Folding alone needs pylance; with lancedb alone every finalize compacts.)
     compact_above_fragments: int = 64
     # While a run writes, its rows are outside the index and every query scans them exactly. Up
-    # to this many such rows are scanned (~10 ms); past it queries search indexed rows only
+    # to this many such rows are scanned (~5 ms); past it queries search indexed rows only
     # until finalize folds the new rows in.
-    unindexed_tail_rows: int = 10_000
+    unindexed_tail_rows: int = 4_000
 
     def __post_init__(self) -> None:
         checks = {
             "min_rows": self.min_rows >= 1, "retrain_factor": self.retrain_factor > 1.0,
             "num_partitions": self.num_partitions is None or self.num_partitions >= 1,
+            "num_bits": self.num_bits is None or self.num_bits in (1, 2, 4, 8),
             "nprobes": self.nprobes is None or self.nprobes >= 1,
             "refine_factor": self.refine_factor is None or self.refine_factor >= 0,
             "compact_above_fragments": self.compact_above_fragments >= 1,
@@ -76,13 +78,15 @@ class IndexPolicy:
 
     def config(self, rows: int, dim: int):
         """The LanceDB index config to train for `rows` vectors of `dim` dimensions."""
-        chosen = index_config(rows, dim, kind=self.kind, num_partitions=self.num_partitions)
-        kind = IvfRq if chosen.kind == "IVF_RQ" else IvfSq
-        return kind(distance_type=DISTANCE, num_partitions=chosen.num_partitions)
+        chosen = index_config(rows, dim, kind=self.kind, num_partitions=self.num_partitions, num_bits=self.num_bits)
+        if chosen.kind == "IVF_RQ":
+            return IvfRq(distance_type=DISTANCE, num_partitions=chosen.num_partitions, num_bits=chosen.num_bits)
+        return IvfSq(distance_type=DISTANCE, num_partitions=chosen.num_partitions)
 
     def params(self, rows: int, dim: int) -> QueryParams:
         """nprobes and refine for a table of `rows` vectors (the rule, or this policy's overrides)."""
-        return query_params(rows, dim, num_partitions=self.num_partitions, nprobes=self.nprobes,
+        return query_params(rows, dim, num_partitions=self.num_partitions, num_bits=self.num_bits,
+                            nprobes=self.nprobes,
                             refine_factor=self.refine_factor)
 
 
