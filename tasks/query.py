@@ -9,7 +9,7 @@ from indexflow.tasks.errors import ConfigError
 from indexflow.tasks.gemini.embed import embed_query
 from indexflow.tasks.gemini.client import make_client
 from indexflow.tasks.normalize import l2_normalize
-from indexflow.tasks.search import Hit
+from indexflow.tasks.search import Hit, IndexPolicy
 from indexflow.tasks.settings import Endpoint
 from indexflow.tasks.store import VectorStore
 
@@ -18,11 +18,13 @@ QUERY_MODES: tuple[QueryMode, ...] = ("vector", "fts", "hybrid")
 
 
 async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
-                 mode: QueryMode = "vector") -> list[Hit]:
-    """The `k` best chunks for `text`: by vector, by full text (BM25; no API call), or both fused (RRF)."""
+                 mode: QueryMode = "vector", policy: IndexPolicy | None = None) -> list[Hit]:
+    """The `k` best chunks for `text`: by vector, by full text (BM25; no API call), or both fused (RRF).
+
+    `policy` overrides the index rule's nprobes/refine (e.g. `IndexPolicy(nprobes=100)`)."""
     if mode not in QUERY_MODES:
         raise ConfigError(f"query mode must be one of {', '.join(QUERY_MODES)}, got {mode!r}", mode=mode)
-    store = await asyncio.to_thread(VectorStore.open, db_uri, table, None, create=False)
+    store = await asyncio.to_thread(VectorStore.open, db_uri, table, None, create=False, policy=policy)
     vector = None
     if mode != "fts":
         if endpoint is None:
@@ -34,6 +36,6 @@ async def aquery(text: str, *, db_uri: str, table: str, endpoint: Endpoint | Non
 
 
 def query(text: str, *, db_uri: str, table: str, endpoint: Endpoint | None, k: int = 10,
-          mode: QueryMode = "vector") -> list[Hit]:
+          mode: QueryMode = "vector", policy: IndexPolicy | None = None) -> list[Hit]:
     """Synchronous `aquery` for scripts and notebooks."""
-    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode))
+    return asyncio.run(aquery(text, db_uri=db_uri, table=table, endpoint=endpoint, k=k, mode=mode, policy=policy))

@@ -103,3 +103,14 @@ def test_queries_scan_a_bounded_unindexed_tail_then_only_indexed_rows(tmp_path):
     store.finalize()  # the run's rows are committed and folded in: found
     assert store.search(more[3], k=1)[0].id == "d243#0"
     assert retrain_due(400, 200, 2.0) and not retrain_due(399, 200, 2.0) and not retrain_due(400, None, 2.0)
+
+
+def test_settings_set_the_policy_a_run_opens_its_table_with(tmp_path):
+    from indexflow.tasks.settings import Settings
+    from indexflow.tasks.table import open_store
+
+    settings = Settings(corpus=tmp_path, db_uri=str(tmp_path / "db"), dimensions=128, index_nprobes=7, index_bits=1)
+    store = open_store(settings)
+    assert store.policy.nprobes == 7
+    assert store.policy.params(1_000_000, 768).refine_factor == 50  # the 1-bit rule
+    assert store.policy.config(1_000_000, 768).num_bits == 1
