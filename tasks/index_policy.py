@@ -58,7 +58,7 @@ def query_params(rows: int, dim: int, *, num_partitions: int | None = None, num_
     """
     del dim
     partitions = num_partitions or partitions_for(rows)
-    probes = nprobes if nprobes is not None else max(20, math.ceil(partitions * 0.08))
+    probes = nprobes if nprobes is not None else max(20, math.ceil(partitions * 0.025))
     if refine_factor is not None:
         refine = refine_factor or None  # 0 turns refine off
     else:
