@@ -48,7 +48,7 @@ class IndexPolicy:
     kind: IndexKind = DEFAULT_KIND
     num_partitions: int | None = None  # None: sqrt(rows), LanceDB's default
     num_bits: int | None = None  # IVF_RQ bits per dimension; None: the rule's
-    nprobes: int | None = None  # None: ~8 % of the partitions (index_policy.query_params)
+    nprobes: int | None = None  # None: 2.5 % of the partitions, at least 20 (index_policy.query_params)
     refine_factor: int | None = None  # None: by size; 0: no refine
     # Retrain (new centroids) once the table holds this many times the rows it was trained on.
     retrain_factor: float = 2.0

@@ -178,7 +178,7 @@ class Settings(BaseModel):
     index_min_rows: int = Field(default=50_000, ge=1)  # below it, exact search: no vector index
     index_partitions: int | None = Field(default=None, ge=1)  # None: sqrt(rows)
     index_bits: Literal[1, 2, 4, 8] | None = None  # IVF_RQ bits per dimension; None: 4
-    index_nprobes: int | None = Field(default=None, ge=1)  # None: ~8 % of the partitions
+    index_nprobes: int | None = Field(default=None, ge=1)  # None: 2.5 % of the partitions, at least 20
     index_refine_factor: int | None = Field(default=None, ge=0)  # None: by bits; 0: no refine
     index_retrain_factor: float = Field(default=2.0, gt=1.0)  # retrain at this growth since training
     index_compact_above_fragments: int = Field(default=64, ge=1)

@@ -29,8 +29,9 @@ def add(store, n, start):
 
 
 def test_the_rule_probes_a_share_of_the_partitions_and_overrides_win():
-    assert query_params(1_000_000, 768).nprobes == 80  # 8 % of sqrt(1M) = 1000 partitions
-    assert query_params(100_000, 768).nprobes == 26
+    assert query_params(1_000_000, 768).nprobes == 25  # 2.5 % of sqrt(1M) = 1000 partitions
+    assert query_params(100_000, 768).nprobes == 20  # at least 20
+    assert query_params(16_000_000, 768).nprobes == 100
     assert query_params(1_000_000, 768, num_bits=1).refine_factor == 50
     assert query_params(1_000_000, 768).refine_factor == 10
     given = query_params(1_000_000, 768, nprobes=7, refine_factor=0)
