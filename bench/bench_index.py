@@ -121,7 +121,7 @@ def run(name: str, texts: list[str], vectors: np.ndarray, queries: np.ndarray, c
             store.table.create_index("vector", config=config, replace=True)
             build = time.perf_counter() - started
             for nprobes, refine in settings:
-                recall, p50 = measure(store, queries, truth, IndexPolicy(nprobes=nprobes, refine_factor=refine))
+                recall, p50 = measure(store, queries, truth, IndexPolicy(nprobes=nprobes, refine_factor=refine or 0))  # 0: no refine
                 print(f"| {label} | {build:.1f} | {nprobes} | {refine or '—'} | {recall:.3f} | {p50:.1f} |", flush=True)
 
 

@@ -7,6 +7,8 @@
                        (b) unlimited: the embed stage vs a bare loop of SDK calls
     bench_end_to_end   read -> chunk -> embed -> LanceDB on SciFact x1 and x10: chunks/s, peak RSS
     bench_index        vector index types: build time, recall@10 vs exact, latency
+    bench_scale        the index policy by size: build, p50/p95, recall@10 (random, clustered), two
+                       incremental runs and queries while they write; BENCH_ROWS (default 100,000)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ RUNS = [
     ["bench_pipeline.py", "--part", "both"],
     ["bench_end_to_end.py"],
     ["bench_index.py", "--data", "scifact,clustered"],
+    ["bench_scale.py"],  # --rows from BENCH_ROWS: `BENCH_ROWS=1000000 make bench` for the full size
 ]
 
 

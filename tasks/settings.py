@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from indexflow.tasks.recipe import Recipe
+
+if TYPE_CHECKING:
+    from indexflow.tasks.search import IndexPolicy
 
 Tier = Literal["free", "1", "2", "3", "unlimited"]
 
@@ -171,6 +174,16 @@ class Settings(BaseModel):
     # group (tasks.spill): a killed run re-pays only its calls in flight. Off: it re-pays the group.
     spill_vectors: bool = True
 
+    # the vector index (tasks.index_policy has the rule by size; set one only if you know better)
+    index_min_rows: int = Field(default=50_000, ge=1)  # below it, exact search: no vector index
+    index_partitions: int | None = Field(default=None, ge=1)  # None: sqrt(rows)
+    index_bits: Literal[1, 2, 4, 8] | None = None  # IVF_RQ bits per dimension; None: 4
+    index_nprobes: int | None = Field(default=None, ge=1)  # None: 2.5 % of the partitions, at least 20
+    index_refine_factor: int | None = Field(default=None, ge=0)  # None: by bits; 0: no refine
+    index_retrain_factor: float = Field(default=2.0, gt=1.0)  # retrain at this growth since training
+    index_compact_above_fragments: int = Field(default=64, ge=1)
+    index_unindexed_tail_rows: int = Field(default=4_000, ge=0)  # past it, queries skip unindexed rows
+
     # the Batch API route (mode "batch", or "auto" above batch_threshold chunks)
     batch_threshold: int = Field(default=500, ge=0)
     deadline_seconds: float | None = Field(default=None, gt=0)
@@ -207,6 +220,17 @@ class Settings(BaseModel):
     @property
     def recipe(self) -> Recipe:
         return Recipe(model=self.model, dimensions=self.dimensions, send_title=self.send_title)
+
+    @property
+    def index_policy(self) -> "IndexPolicy":
+        """The vector-index policy these settings ask for (the rule by size where unset)."""
+        from indexflow.tasks.search import IndexPolicy  # imports LanceDB: only when a table is opened
+
+        return IndexPolicy(min_rows=self.index_min_rows, num_partitions=self.index_partitions,
+                           num_bits=self.index_bits, nprobes=self.index_nprobes,
+                           refine_factor=self.index_refine_factor, retrain_factor=self.index_retrain_factor,
+                           compact_above_fragments=self.index_compact_above_fragments,
+                           unindexed_tail_rows=self.index_unindexed_tail_rows)
 
     @property
     def quota(self) -> Quota:

@@ -23,7 +23,7 @@ def open_store(settings: Settings, *, rebuild: bool | None = None) -> VectorStor
     from indexflow.tasks.store import VectorStore
 
     return VectorStore.open(settings.db_uri, settings.table, settings.recipe,
-                            rebuild=settings.rebuild if rebuild is None else rebuild)
+                            rebuild=settings.rebuild if rebuild is None else rebuild, policy=settings.index_policy)
 
 
 def nothing_written_yet(settings: Settings) -> bool:
