@@ -192,10 +192,8 @@ class VectorStore:
         """Whether `finalize` has anything to do (metadata only): an unchanged table is left alone."""
         return finalize_due(self.table, self.policy, fts=fts)
 
-    def search(
-        self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False,
-        weights: FusionWeights | tuple[float, float] | str | None = None,
-    ) -> list[Hit]:
+    def search(self, query_vector: np.ndarray | None, k: int = 10, *, text: str | None = None, hybrid: bool = False,
+               weights: FusionWeights | tuple[float, float] | str | None = None) -> list[Hit]:
         """Nearest chunks to a normalized query vector; with `hybrid`, fused with full-text hits on `text`
         by RRF with `weights` (vector, text; equal by default)."""
         return search_table(self.table, query_vector, k, text=text, hybrid=hybrid, policy=self.policy,
