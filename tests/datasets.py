@@ -40,3 +40,17 @@ def scifact_dir() -> Path:
 def scifact_corpus() -> Path:
     """SciFact's corpus.jsonl (5,183 abstracts)."""
     return scifact_dir() / "corpus.jsonl"
+
+
+def scifact_judged() -> tuple[list[dict], dict[str, set[str]]]:
+    """SciFact's test queries that have a relevant document, and each query id's relevant document ids."""
+    import json
+    from collections import defaultdict
+
+    qrels: dict[str, set[str]] = defaultdict(set)
+    for line in (scifact_dir() / "qrels.tsv").read_text().splitlines()[1:]:
+        qid, doc, score = line.split("\t")
+        if int(score) > 0:
+            qrels[qid].add(doc)
+    queries = [json.loads(line) for line in (scifact_dir() / "queries.jsonl").read_text().splitlines()]
+    return [q for q in queries if q["_id"] in qrels], dict(qrels)

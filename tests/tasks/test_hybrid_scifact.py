@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from indexflow.tasks.online import run_online
 from indexflow.tasks.search import IndexPolicy, explain_vector_search
 from indexflow.tasks.settings import Endpoint, Settings
 from indexflow.tasks.store import VectorStore
-from tests.datasets import scifact_dir
+from tests.datasets import scifact_dir, scifact_judged
 from tests.tasks.test_scifact_quality import ndcg_at_10
 
 # The production index kind and query settings (IVF_RQ, nprobes 20, refine 20), forced at 5,208 rows
@@ -46,13 +46,7 @@ def scifact(emulator, tmp_path_factory):
     assert (report.vector_index, report.fts_index) == ("created", "created")
     store = VectorStore.open(s.db_uri, s.table, None, create=False)  # as tasks.query opens it: default policy
 
-    qrels: dict[str, set[str]] = defaultdict(set)
-    for line in (scifact_dir() / "qrels.tsv").read_text().splitlines()[1:]:
-        qid, doc, score = line.split("\t")
-        if int(score) > 0:
-            qrels[qid].add(doc)
-    queries = [json.loads(line) for line in (scifact_dir() / "queries.jsonl").read_text().splitlines()]
-    queries = [q for q in queries if q["_id"] in qrels]
+    queries, qrels = scifact_judged()
 
     async def embed_all() -> list[np.ndarray]:
         client = make_client(ep)

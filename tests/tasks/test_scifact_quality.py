@@ -4,9 +4,7 @@ through the query function, and hold nDCG@10 to a floor just below what was meas
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from indexflow.tasks.online import run_online
 from indexflow.tasks.table import open_store
 from indexflow.tasks.query import aquery
 from indexflow.tasks.settings import Endpoint, Settings
-from tests.datasets import scifact_dir
+from tests.datasets import scifact_dir, scifact_judged
 
 # Measured 2026-11-21 with the emulator's lexical vectors at 768 dims: nDCG@10 = 0.4614 (see BENCHMARKS.md).
 NDCG_FLOOR = 0.45
@@ -35,13 +33,7 @@ def test_scifact_ndcg_at_10(emu, tmp_path):
     assert out.plan.docs_seen == 5183 and out.committed_rows == out.plan.chunks_new
     open_store(s).finalize()  # as the flow does after writing
 
-    qrels: dict[str, set[str]] = defaultdict(set)
-    for line in (scifact_dir() / "qrels.tsv").read_text().splitlines()[1:]:
-        qid, doc, score = line.split("\t")
-        if int(score) > 0:
-            qrels[qid].add(doc)
-    queries = [json.loads(l) for l in (scifact_dir() / "queries.jsonl").read_text().splitlines()]
-    queries = [q for q in queries if q["_id"] in qrels]
+    queries, qrels = scifact_judged()
     assert len(queries) == 300
 
     async def rank_all() -> list[float]:
