@@ -64,9 +64,9 @@ def settings_from_params(params: dict[str, Any], *, emulator: bool) -> Settings:
     params.pop("base_url", None)
     params.pop("writer_wait_seconds", None)
     options = params.pop("options", None) or {}
-    if params.get("priority") is not None:  # the flow's and the CLI's name for a batch job's priority
-        params["batch_priority"] = params["priority"]
-    params.pop("priority", None)
+    priority = params.pop("priority", None)  # the flow's and the CLI's name for a batch job's priority
+    if priority is not None:
+        params["batch_priority"] = priority
     clash = sorted(set(options) & set(params))
     if clash:
         raise ConfigError(f"options {clash} are also flow parameters; set them once", fields=[(c,) for c in clash])

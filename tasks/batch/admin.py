@@ -11,9 +11,7 @@ from indexflow.tasks.batch.wire import JobStatus
 from indexflow.tasks.errors import ConfigError, IndexflowError
 from indexflow.tasks.gemini.batches import cancel_job, find_job_by_display_name
 from indexflow.tasks.gemini.client import make_client
-from indexflow.tasks.settings import DEFAULT_CALL_DEADLINE_SECONDS, Endpoint, Settings
-
-DEADLINE = DEFAULT_CALL_DEADLINE_SECONDS  # outside a run there are no run settings to take it from
+from indexflow.tasks.settings import Endpoint, Settings
 
 
 async def cancel_live_jobs(settings: Settings, endpoint: Endpoint, *, run_id: str | None = None) -> list[str]:
@@ -50,10 +48,9 @@ async def cancel_jobs(db_uri: str, table: str, endpoint: Endpoint, *, refs: Sequ
     for record in records:
         if not record.live:
             continue
-        name = record.job_name or await find_job_by_display_name(client, record.key, since=record.created_at,
-                                                                 deadline_seconds=DEADLINE)
+        name = record.job_name or await find_job_by_display_name(client, record.key, since=record.created_at)
         if name is not None:
-            if not await cancel_job(client, name, deadline_seconds=DEADLINE):
+            if not await cancel_job(client, name):
                 continue  # finished meanwhile: leave it to be collected
             cancelled.append(name)
         await asyncio.to_thread(ledger.update, record.key, state=CANCELLED, job_name=name, resolution="reported",
@@ -71,6 +68,6 @@ async def job_status(db_uri: str, table: str, ref: str, endpoint: Endpoint) -> t
     if record.job_name is None:
         return record, None
     try:
-        return record, await read_status(make_client(endpoint), record.job_name, deadline_seconds=DEADLINE)
+        return record, await read_status(make_client(endpoint), record.job_name)
     except ConfigError:  # 404: deleted, or another endpoint than the one that ran it
         return record, None

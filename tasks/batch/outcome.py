@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from indexflow.tasks.embed_options import EmbedStats
 from indexflow.tasks.plan import PRICE_PER_MILLION_TOKENS, PlanCounts
 from indexflow.tasks.problems import ProblemLog
+
+if TYPE_CHECKING:
+    from indexflow.tasks.batch.alerts import SuccessRateAlert
 
 
 @dataclass
@@ -41,7 +44,7 @@ class BatchOutcome:
     cancelled_chunks: int = 0
     batch_tokens: int = 0
     online_tokens: int = 0
-    alerts: list[Any] = field(default_factory=list)  # SuccessRateAlert, one per job and moment
+    alerts: list[SuccessRateAlert] = field(default_factory=list)  # at most one per job while polling, one at its end
 
     @property
     def batch_cost_usd(self) -> float:
